@@ -1,0 +1,130 @@
+"""CONNECT and DISCONNECT (MQTT 5.0 §3.1, §3.14; 3.1.1 §3.1, §3.14)."""
+from __future__ import annotations
+
+import secrets
+from typing import TYPE_CHECKING, Any
+
+from bwfast import codes as c
+from bwfast.errors import MQTTError
+from bwfast.message import FORWARDED, Message
+from bwfast.packet import encode_connack
+from bwfast.session import NEVER_EXPIRES
+from bwfast.topics import valid_topic
+
+if TYPE_CHECKING:
+    from bwfast.protocol import Connection
+
+
+def handle_connect(conn: Connection, p: Any) -> None:
+    if conn.connect_seen:
+        raise MQTTError(c.PROTOCOL_ERROR, "second CONNECT")  # [MQTT-3.1.0-2]
+    conn.connect_seen = True
+    conn.version = p.version
+    worker = conn.worker
+    cfg = worker.cfg.broker
+    props = p.properties
+    v5 = p.version == c.MQTT5
+
+    cid = p.client_id
+    assigned = ""
+    if not cid:
+        # [MQTT-3.1.3-8]: 3.1.1 needs clean session for an empty id; 3.1 has no empty ids.
+        if p.version == c.MQTT31 or (not v5 and not p.clean_start) or not cfg.allow_zero_length_clientid:
+            conn.reject(c.CLIENT_ID_NOT_VALID, c.V3_IDENTIFIER_REJECTED)
+            return
+        cid = "bw-" + secrets.token_hex(8)
+        assigned = cid
+
+    if v5:
+        if props.get(c.RECEIVE_MAXIMUM) == 0 or props.get(c.MAXIMUM_PACKET_SIZE) == 0:
+            raise MQTTError(c.PROTOCOL_ERROR, "receive maximum / maximum packet size of 0")
+        if c.AUTHENTICATION_METHOD in props:
+            conn.reject(c.BAD_AUTH_METHOD, c.V3_NOT_AUTHORIZED)  # no enhanced auth (§4.12)
+            return
+        expiry = props.get(c.SESSION_EXPIRY_INTERVAL, 0)
+    else:
+        expiry = 0 if p.clean_start else NEVER_EXPIRES
+
+    will = None
+    if p.will_topic is not None:
+        if not valid_topic(p.will_topic):
+            conn.reject(c.TOPIC_NAME_INVALID, c.V3_NOT_AUTHORIZED)
+            return
+        if p.will_retain and not cfg.retain_available:
+            conn.reject(c.RETAIN_NOT_SUPPORTED, c.V3_NOT_AUTHORIZED)
+            return
+        will = _make_will(p)
+
+    code = worker.authenticate(conn, p.username, p.password)
+    if code:
+        conn.reject(code, c.V5_TO_V3_CONNACK.get(code, c.V3_NOT_AUTHORIZED))
+        return
+    conn.username = p.username
+
+    keepalive = p.keepalive
+    server_keepalive = None
+    if keepalive > cfg.max_keepalive or (keepalive == 0 and cfg.max_keepalive < 65535):
+        if v5:
+            server_keepalive = keepalive = cfg.max_keepalive  # [MQTT-3.2.2-21]
+    conn.keepalive = keepalive
+
+    session, present = worker.sessions.attach(conn, cid, p.clean_start, expiry)
+    session.will = will
+    session.will_delay = p.will_properties.get(c.WILL_DELAY_INTERVAL, 0) if will is not None else 0
+    session.receive_max = cfg.max_inflight
+    session.max_packet = 0
+    if v5:
+        session.receive_max = min(cfg.max_inflight, props.get(c.RECEIVE_MAXIMUM, 65535))
+        session.max_packet = props.get(c.MAXIMUM_PACKET_SIZE, 0)
+        ack_props = _connack_props(conn, assigned, server_keepalive)
+    else:
+        ack_props = None
+    conn.write(encode_connack(present, c.SUCCESS, conn.version, ack_props))
+    worker.on_connected(conn)
+    session.resume()
+
+
+def _make_will(p: Any) -> Message:
+    wp = p.will_properties
+    props = {k: v for k, v in wp.items() if k in FORWARDED} if wp else None
+    msg = Message(p.will_topic, p.will_payload, p.will_qos, p.will_retain, props or None,
+                  origin=p.client_id)
+    if wp and c.MESSAGE_EXPIRY_INTERVAL in wp:
+        # Stored as an interval until the will is published (publish_will stamps it).
+        msg.expiry_at = -float(wp[c.MESSAGE_EXPIRY_INTERVAL])
+    return msg
+
+
+def _connack_props(conn: Connection, assigned: str, server_keepalive: int | None) -> dict:
+    cfg = conn.worker.cfg.broker
+    props: dict = {
+        c.RECEIVE_MAXIMUM: cfg.max_inflight,
+        c.TOPIC_ALIAS_MAXIMUM: cfg.topic_alias_maximum,
+        c.SHARED_SUBSCRIPTION_AVAILABLE: 1,
+        c.WILDCARD_SUBSCRIPTION_AVAILABLE: 1,
+        c.SUBSCRIPTION_IDENTIFIER_AVAILABLE: 1,
+    }
+    if not cfg.topic_alias_maximum:
+        del props[c.TOPIC_ALIAS_MAXIMUM]
+    if not cfg.retain_available:
+        props[c.RETAIN_AVAILABLE] = 0
+    if cfg.max_packet_size < 268435455:
+        props[c.MAXIMUM_PACKET_SIZE] = cfg.max_packet_size
+    if assigned:
+        props[c.ASSIGNED_CLIENT_IDENTIFIER] = assigned
+    if server_keepalive is not None:
+        props[c.SERVER_KEEP_ALIVE] = server_keepalive
+    return props
+
+
+def handle_disconnect(conn: Connection, p: Any) -> None:
+    """Client DISCONNECT: no will unless v5 reason 0x04 [MQTT-3.14.4-3]."""
+    session = conn.session
+    if conn.version == c.MQTT5 and session is not None:
+        new_expiry = p.properties.get(c.SESSION_EXPIRY_INTERVAL)
+        if new_expiry is not None:
+            if session.expiry == 0 and new_expiry != 0:
+                raise MQTTError(c.PROTOCOL_ERROR, "session expiry set after CONNECT with 0")  # [MQTT-3.14.2-2]
+            session.expiry = new_expiry
+    conn.graceful = not (conn.version == c.MQTT5 and p.reason_code == c.DISCONNECT_WITH_WILL)
+    conn.close()

@@ -1,0 +1,152 @@
+"""One asyncio.Protocol per MQTT connection: bytes in, packets to the handlers.
+
+Every complete packet in a read is decoded and dispatched before returning;
+what a connection must send is buffered and written once per loop iteration
+by the worker's tick (DESIGN.md, "The hot path"). Protocol errors raised
+anywhere below land in :meth:`Connection.fail`, the one place that turns a
+reason code into a DISCONNECT (v5) and a close.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from bwfast.codes import CONNECT, MQTT5, REASON_STRING, UNSUPPORTED_PROTOCOL_VERSION
+from bwfast.errors import MQTTError
+from bwfast.packet import Parser, encode_connack, encode_disconnect
+
+if TYPE_CHECKING:
+    from bwfast.session import Session
+    from bwfast.worker import Worker
+
+log = logging.getLogger("bwfast.protocol")
+
+
+class Connection(asyncio.Protocol):
+    """The transport side of a client: parser, output buffer, keepalive, aliases."""
+
+    def __init__(self, worker: Worker, listener: str = "mqtt") -> None:
+        self.worker = worker
+        self.listener = listener
+        self.transport: Any = None
+        self.parser = Parser(worker.cfg.broker.max_packet_size)
+        self.out: list[bytes] = []
+        self.session: Session | None = None
+        self.client_id = ""
+        self.version = 0
+        self.keepalive = 0
+        self.last_rx = worker.now
+        self.created = worker.now
+        self.aliases: dict[int, str] = {}
+        self.connect_seen = False
+        self.closing = False
+        self.graceful = False      # DISCONNECT received: no will [MQTT-3.1.2-10]
+        self.will_on_close = True  # False when the server itself shuts down
+        self.peer = ""
+        self.username: str | None = None
+
+    # -- asyncio.Protocol ----------------------------------------------------------------
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.worker.conns.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        worker = self.worker
+        self.last_rx = worker.now
+        worker.stats.bytes_received += len(data)
+        try:
+            packets = self.parser.feed(data)
+        except MQTTError as e:
+            self._dispatch(e.packets)
+            if not self.closing:
+                self.fail(e)
+            return
+        self._dispatch(packets)
+
+    def _dispatch(self, packets: list) -> None:
+        handlers = self.worker.handlers
+        try:
+            for p in packets:
+                if self.closing:
+                    return
+                if self.session is None and p.type != CONNECT:
+                    # [MQTT-3.1.0-1]: the first packet must be CONNECT.
+                    self.close()
+                    return
+                handlers[p.type](self, p)
+        except MQTTError as e:
+            self.fail(e)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.out.clear()
+        self.worker.conns.discard(self)
+        if self.session is not None:
+            self.worker.sessions.detach(self)
+
+    def pause_writing(self) -> None:  # pragma: no cover - flow control from the transport
+        pass
+
+    def resume_writing(self) -> None:  # pragma: no cover
+        pass
+
+    # -- output ----------------------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        if self.closing:
+            return
+        out = self.out
+        if not out:
+            self.worker.mark_dirty(self)
+        out.append(data)
+
+    def flush(self) -> None:
+        out = self.out
+        if not out or self.transport is None:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        self.worker.stats.bytes_sent += len(data)
+        self.transport.write(data)
+
+    # -- closing ---------------------------------------------------------------------------
+    def close(self) -> None:
+        """Flush what is buffered and close; the will follows unless graceful."""
+        if self.closing:
+            return
+        self.flush()
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def disconnect(self, reason_code: int, reason: str = "") -> None:
+        """Server-initiated close: a v5 DISCONNECT with the reason code first (§3.14)."""
+        if self.version == MQTT5 and self.session is not None and not self.closing:
+            props = {REASON_STRING: reason} if reason else None
+            self.write(encode_disconnect(reason_code, MQTT5, props))
+        self.close()
+
+    def fail(self, err: MQTTError) -> None:
+        """The dispatcher of protocol errors: reason code -> what the client is told."""
+        log.debug("closing %s (%s): %s", self.client_id or self.peer, hex(err.reason_code),
+                  err.message)
+        self.worker.stats.protocol_errors += 1
+        if self.session is None:
+            if err.reason_code == UNSUPPORTED_PROTOCOL_VERSION:
+                # [MQTT-3.1.2-2]: CONNACK 0x01 (v3 form), then close.
+                self.write(encode_connack(False, 1, 4))
+            self.close()
+            return
+        self.disconnect(err.reason_code, err.message)
+
+    def reject(self, reason_code: int, v3_code: int) -> None:
+        """Refuse a CONNECT with a CONNACK carrying the code, then close [MQTT-3.2.2-5]."""
+        code = reason_code if self.version == MQTT5 else v3_code
+        self.write(encode_connack(False, code, self.version or 4))
+        self.close()
+

@@ -1,0 +1,211 @@
+"""Session lifecycle: attach on CONNECT, takeover, detach, will, expiry, persistence.
+
+A session outlives its connection when its expiry interval is above zero
+(v3.1.1 clean session 0 = never expires; v5 Session Expiry Interval). Its
+record in LMDB (`sessions`) holds the subscriptions; its QoS 1/2 messages are
+`queue` records keyed by client id and sequence (session.py).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from bwfast.codes import MQTT5, SESSION_TAKEN_OVER
+from bwfast.session import NEVER_EXPIRES, Session, SubOpts
+
+if TYPE_CHECKING:
+    from bwfast.protocol import Connection
+    from bwfast.worker import Worker
+
+log = logging.getLogger("bwfast.sessions")
+
+
+class SessionRegistry:
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.sessions: dict[str, Session] = {}
+
+    def __len__(self) -> int:
+        return len(self.sessions)
+
+    def connected_count(self) -> int:
+        return sum(1 for s in self.sessions.values() if s.conn is not None)
+
+    # -- start-up ---------------------------------------------------------------------------
+    def load(self) -> int:
+        """Restore persistent sessions, their subscriptions and messages from LMDB."""
+        store = self.worker.store
+        now = time.time()
+        for key, rec in store.items("sessions"):
+            cid = key.decode()
+            expiry = rec["e"]
+            dc = rec.get("d") or now
+            if expiry != NEVER_EXPIRES and dc + expiry <= now:
+                self._drop_records(cid)
+                continue
+            session = Session(cid, self.worker)
+            session.version = rec["v"]
+            session.expiry = expiry
+            session.next_pid = rec.get("p", 1)
+            session.disconnected_at = dc
+            session.stored = True
+            for filt, opts in rec["s"].items():
+                o = SubOpts.from_record(opts)
+                session.subs[filt] = o
+                self.worker.router.subscribe(session, filt, o)
+            for qkey, qrec in store.items("queue", cid.encode() + b"\x00"):
+                session.restore_entry(int.from_bytes(qkey[-8:], "big"), qrec)
+            for ikey, _ in store.items("inflight", cid.encode() + b"\x00"):
+                session.qos2_in.add(int.from_bytes(ikey[-2:], "big"))
+            self.sessions[cid] = session
+            self._schedule_expiry(session, dc + expiry - now if expiry != NEVER_EXPIRES else None)
+        return len(self.sessions)
+
+    # -- connect / disconnect -------------------------------------------------------------------
+    def attach(self, conn: Connection, cid: str, clean_start: bool, expiry: int) -> tuple[Session, bool]:
+        """Bind a connection to its session; return (session, session_present)."""
+        session = self.sessions.get(cid)
+        if session is not None and session.conn is not None:
+            self._take_over(session, clean_start)
+        if session is not None:
+            if session.expiry_handle is not None:
+                session.expiry_handle.cancel()
+                session.expiry_handle = None
+            if session.will_handle is not None:
+                # [MQTT-3.1.3-9]: reconnected within the will delay: no will.
+                session.will_handle.cancel()
+                session.will_handle = None
+                session.will = None
+        if session is not None and clean_start:
+            self.destroy(session, publish_will=False)
+            session = None
+        present = session is not None
+        if session is None:
+            session = Session(cid, self.worker)
+            self.sessions[cid] = session
+        session.conn = conn
+        session.version = conn.version
+        session.expiry = expiry
+        conn.session = session
+        conn.client_id = cid
+        self.save(session)
+        return session, present
+
+    def _take_over(self, session: Session, clean_start: bool) -> None:
+        """[MQTT-3.1.4-3]: close the existing connection of this client id."""
+        old = session.conn
+        assert old is not None
+        session.conn = None
+        old.session = None
+        if session.will is not None and (session.will_delay == 0 or clean_start):
+            self.publish_will(session)
+        session.will = None
+        if old.version == MQTT5:
+            old.session = session  # lets disconnect() speak v5 once more
+            old.disconnect(SESSION_TAKEN_OVER, "session taken over")
+            old.session = None
+        else:
+            old.close()
+
+    def detach(self, conn: Connection) -> None:
+        """The connection closed (by either side): will, then end or keep the session."""
+        session = conn.session
+        conn.session = None
+        if session is None or session.conn is not conn:
+            return
+        session.conn = None
+        now = time.time()
+        session.disconnected_at = now
+        if session.will is not None:
+            if conn.graceful or not conn.will_on_close:
+                session.will = None
+            elif session.will_delay and session.expiry:
+                delay = min(session.will_delay, session.expiry)
+                session.will_handle = self.worker.loop.call_later(delay, self.publish_will, session)
+            else:
+                self.publish_will(session)
+        if session.expiry == 0:
+            self.destroy(session, publish_will=True)
+            return
+        self.save(session)
+        if session.expiry != NEVER_EXPIRES:
+            self._schedule_expiry(session, session.expiry)
+
+    def publish_will(self, session: Session) -> None:
+        will = session.will
+        session.will = None
+        if session.will_handle is not None:
+            session.will_handle.cancel()
+            session.will_handle = None
+        if will is not None:
+            now = time.time()
+            will.created = now
+            if will.expiry_at < 0:  # the Will's Message Expiry Interval runs from now
+                will.expiry_at = now - will.expiry_at
+            self.worker.publish(will)
+
+    # -- expiry and removal ---------------------------------------------------------------------
+    def _schedule_expiry(self, session: Session, delay: float | None) -> None:
+        if delay is None:
+            return
+        session.expiry_handle = self.worker.loop.call_later(max(0.0, delay), self._expire, session)
+
+    def _expire(self, session: Session) -> None:
+        session.expiry_handle = None
+        if session.conn is None and self.sessions.get(session.client_id) is session:
+            self.destroy(session, publish_will=True)
+
+    def destroy(self, session: Session, publish_will: bool) -> None:
+        """End a session: will (if still pending), subscriptions, messages, records."""
+        if publish_will and session.will is not None:
+            self.publish_will(session)
+        if session.will_handle is not None:
+            session.will_handle.cancel()
+            session.will_handle = None
+        if session.expiry_handle is not None:
+            session.expiry_handle.cancel()
+            session.expiry_handle = None
+        router = self.worker.router
+        for filt in session.subs:
+            router.unsubscribe(session, filt)
+        session.subs.clear()
+        session.discard_state()
+        if self.sessions.get(session.client_id) is session:
+            del self.sessions[session.client_id]
+        if session.stored:
+            self._drop_records(session.client_id)
+            session.stored = False
+
+    def _drop_records(self, cid: str) -> None:
+        store = self.worker.store
+        store.delete("sessions", cid.encode())
+        store.delete_prefix("queue", cid.encode() + b"\x00")
+        store.delete_prefix("inflight", cid.encode() + b"\x00")
+
+    def save(self, session: Session) -> None:
+        """Write the session record (subscriptions, expiry) if it is persistent."""
+        if not session.persistent:
+            if session.stored:
+                self._drop_records(session.client_id)
+                session.stored = False
+            return
+        self.worker.store.put("sessions", session.client_id.encode(), {
+            "v": session.version,
+            "e": session.expiry,
+            "s": {f: o.to_record() for f, o in session.subs.items()},
+            "d": session.disconnected_at if session.conn is None else 0,
+            "p": session.next_pid,
+        })
+        session.stored = True
+
+    def shutdown(self) -> None:
+        """Broker stopping: keep every persistent session's record current."""
+        now = time.time()
+        for session in list(self.sessions.values()):
+            if session.conn is not None:
+                session.disconnected_at = now
+                conn = session.conn
+                session.conn = None
+                conn.session = None
+            self.save(session)

@@ -1,0 +1,242 @@
+"""Session state: subscriptions, packet ids, QoS 1/2 in flight, the offline queue.
+
+Routing is not here (router.py decides *who* gets a message); a session
+decides *how*: at once, in flight with a packet id, or queued while the client
+is offline or its receive maximum is reached [MQTT-4.9.0-2].
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from bwfast.codes import PUBREL
+from bwfast.message import Message
+from bwfast.packet import encode_ack
+
+if TYPE_CHECKING:
+    from bwfast.protocol import Connection
+    from bwfast.worker import Worker
+
+NEVER_EXPIRES = 0xFFFFFFFF
+
+# inflight entry fields: [state, msg, qos, retain, sub_ids, seq]
+AWAIT_ACK, AWAIT_COMP = 0, 1
+
+
+class SubOpts:
+    """One subscription's options (MQTT 5.0 §3.8.3.1)."""
+
+    __slots__ = ("qos", "no_local", "rap", "rh", "sub_id")
+
+    def __init__(self, qos: int, no_local: bool = False, rap: bool = False, rh: int = 0,
+                 sub_id: int = 0) -> None:
+        self.qos = qos
+        self.no_local = no_local
+        self.rap = rap
+        self.rh = rh
+        self.sub_id = sub_id
+
+    @classmethod
+    def from_byte(cls, options: int, sub_id: int = 0) -> SubOpts:
+        return cls(options & 3, bool(options & 4), bool(options & 8), (options >> 4) & 3, sub_id)
+
+    def to_record(self) -> list:
+        return [self.qos, self.no_local, self.rap, self.rh, self.sub_id]
+
+    @classmethod
+    def from_record(cls, rec: list) -> SubOpts:
+        return cls(*rec)
+
+
+def queue_key(client_id: str, seq: int) -> bytes:
+    return client_id.encode() + b"\x00" + seq.to_bytes(8, "big")
+
+
+class Session:
+    __slots__ = ("client_id", "worker", "version", "expiry", "subs", "inflight", "queue",
+                 "qos2_in", "conn", "next_pid", "seq", "receive_max", "max_packet",
+                 "will", "will_delay", "will_handle", "expiry_handle", "disconnected_at",
+                 "stored")
+
+    def __init__(self, client_id: str, worker: Worker) -> None:
+        self.client_id = client_id
+        self.worker = worker
+        self.version = 4
+        self.expiry = 0                     # seconds after disconnect; NEVER_EXPIRES = never
+        self.subs: dict[str, SubOpts] = {}
+        self.inflight: dict[int, list] = {}  # packet id -> entry, in send order
+        self.queue: deque[list] = deque()    # entries waiting for a free slot or a connection
+        self.qos2_in: set[int] = set()       # PUBREC sent, PUBREL not yet received
+        self.conn: Connection | None = None
+        self.next_pid = 1
+        self.seq = 0
+        self.receive_max = worker.cfg.broker.max_inflight
+        self.max_packet = 0                  # the client's Maximum Packet Size; 0 = none
+        self.will: Message | None = None
+        self.will_delay = 0
+        self.will_handle: Any = None
+        self.expiry_handle: Any = None
+        self.disconnected_at = 0.0
+        self.stored = False                  # has a record in LMDB
+
+    @property
+    def persistent(self) -> bool:
+        return self.expiry > 0
+
+    # -- delivery -------------------------------------------------------------------
+    def deliver(self, msg: Message, qos: int, retain: bool, sub_ids: list[int] | None) -> None:
+        """Hand one message to this session with the subscription's QoS already applied."""
+        conn = self.conn
+        if qos == 0:
+            if conn is not None:
+                self._send(conn, msg.encode(self.version, 0, retain, 0, sub_ids))
+            elif self.persistent:
+                self._enqueue(msg, 0, retain, sub_ids)
+            return
+        if conn is None or self.queue or len(self.inflight) >= self.receive_max:
+            self._enqueue(msg, qos, retain, sub_ids)
+            return
+        self._send_inflight([AWAIT_ACK, msg, qos, retain, sub_ids, self._persist_new(msg, qos, retain, sub_ids)])
+
+    def _send(self, conn: Connection, data: bytes) -> bool:
+        if self.max_packet and len(data) > self.max_packet:
+            # [MQTT-3.1.2-25]: never send a packet over the client's maximum; drop it.
+            self.worker.stats.dropped += 1
+            return False
+        conn.write(data)
+        self.worker.stats.msgs_sent += 1
+        return True
+
+    def _enqueue(self, msg: Message, qos: int, retain: bool, sub_ids: list[int] | None) -> None:
+        limit = self.worker.cfg.broker.max_queued_messages
+        if len(self.queue) >= limit:
+            self.worker.stats.dropped += 1
+            return
+        seq = self._persist_new(msg, qos, retain, sub_ids) if qos else 0
+        self.queue.append([AWAIT_ACK, msg, qos, retain, sub_ids, seq])
+
+    def _persist_new(self, msg: Message, qos: int, retain: bool, sub_ids: list[int] | None) -> int:
+        """Stage a QoS 1/2 message of a persistent session in LMDB; return its sequence."""
+        if not self.persistent:
+            return 0
+        self.seq += 1
+        self.worker.store.put("queue", queue_key(self.client_id, self.seq),
+                              [msg.to_record(), qos, retain, sub_ids, 0, AWAIT_ACK])
+        return self.seq
+
+    def _alloc_pid(self) -> int:
+        pid = self.next_pid
+        inflight = self.inflight
+        while pid in inflight:
+            pid = pid + 1 if pid < 65535 else 1
+        self.next_pid = pid + 1 if pid < 65535 else 1
+        return pid
+
+    def _send_inflight(self, entry: list) -> None:
+        conn = self.conn
+        assert conn is not None
+        pid = self._alloc_pid()
+        msg, qos, retain, sub_ids, seq = entry[1], entry[2], entry[3], entry[4], entry[5]
+        data = msg.encode(self.version, qos, retain, pid, sub_ids)
+        if not self._send(conn, data):
+            if seq:
+                self.worker.store.delete("queue", queue_key(self.client_id, seq))
+            return
+        self.inflight[pid] = entry
+        if seq:
+            self._persist_state(pid, entry)
+
+    def _persist_state(self, pid: int, entry: list) -> None:
+        self.worker.store.put("queue", queue_key(self.client_id, entry[5]),
+                              [entry[1].to_record(), entry[2], entry[3], entry[4], pid, entry[0]])
+
+    def pump(self) -> None:
+        """Move queued messages into flight while the receive maximum allows."""
+        conn = self.conn
+        if conn is None:
+            return
+        queue = self.queue
+        now = time.time()
+        while queue and len(self.inflight) < self.receive_max:
+            entry = queue.popleft()
+            msg = entry[1]
+            if msg.expired(now):  # [MQTT-3.3.2-5]: an expired message is not delivered
+                if entry[5]:
+                    self.worker.store.delete("queue", queue_key(self.client_id, entry[5]))
+                continue
+            if entry[2] == 0:
+                self._send(conn, msg.encode(self.version, 0, entry[3], 0, entry[4]))
+            else:
+                self._send_inflight(entry)
+
+    # -- acknowledgements from the client ---------------------------------------------
+    def on_puback(self, pid: int) -> bool:
+        entry = self.inflight.get(pid)
+        if entry is None or entry[2] != 1:
+            return False
+        del self.inflight[pid]
+        self._forget(entry)
+        self.pump()
+        return True
+
+    def on_pubrec(self, pid: int, reason_code: int) -> bool:
+        entry = self.inflight.get(pid)
+        if entry is None or entry[2] != 2:
+            return False
+        if reason_code >= 0x80:  # v5: the receiver refused it; the exchange ends here
+            del self.inflight[pid]
+            self._forget(entry)
+            self.pump()
+            return True
+        entry[0] = AWAIT_COMP
+        if entry[5]:
+            self._persist_state(pid, entry)
+        return True
+
+    def on_pubcomp(self, pid: int) -> bool:
+        entry = self.inflight.get(pid)
+        if entry is None or entry[0] != AWAIT_COMP:
+            return False
+        del self.inflight[pid]
+        self._forget(entry)
+        self.pump()
+        return True
+
+    def _forget(self, entry: list) -> None:
+        if entry[5]:
+            self.worker.store.delete("queue", queue_key(self.client_id, entry[5]))
+
+    # -- reconnect ------------------------------------------------------------------
+    def resume(self) -> None:
+        """Resend what was in flight, DUP set, then the queue [MQTT-4.4.0-1]."""
+        conn = self.conn
+        assert conn is not None
+        for pid, entry in list(self.inflight.items()):
+            if entry[0] == AWAIT_COMP:
+                conn.write(encode_ack(PUBREL, pid, 0, self.version))
+            else:
+                msg = entry[1]
+                conn.write(msg.encode(self.version, entry[2], entry[3], pid, entry[4], dup=True))
+        self.pump()
+
+    def discard_state(self) -> None:
+        """Drop queued and in-flight messages (clean start or expiry)."""
+        store = self.worker.store
+        for entry in list(self.inflight.values()) + list(self.queue):
+            if entry[5]:
+                store.delete("queue", queue_key(self.client_id, entry[5]))
+        self.inflight.clear()
+        self.queue.clear()
+        self.qos2_in.clear()
+
+    def restore_entry(self, seq: int, rec: list) -> None:
+        """Put one persisted queue record back (broker restart)."""
+        msg_rec, qos, retain, sub_ids, pid, state = rec
+        entry = [state, Message.from_record(msg_rec), qos, retain, sub_ids, seq]
+        self.seq = max(self.seq, seq)
+        if pid and pid not in self.inflight:
+            self.inflight[pid] = entry
+            self.next_pid = pid + 1 if pid < 65535 else 1
+        else:
+            self.queue.append(entry)

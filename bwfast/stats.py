@@ -1,0 +1,47 @@
+"""Counters and the `$SYS/broker/...` topics they are published on (Mosquitto's names)."""
+from __future__ import annotations
+
+import time
+
+from bwfast import __version__
+
+
+class Stats:
+    __slots__ = ("msgs_received", "msgs_sent", "bytes_received", "bytes_sent", "dropped",
+                 "protocol_errors", "connects", "started")
+
+    def __init__(self) -> None:
+        self.msgs_received = 0
+        self.msgs_sent = 0
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self.dropped = 0
+        self.protocol_errors = 0
+        self.connects = 0
+        self.started = time.time()
+
+    def snapshot(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+def sys_topics(totals: dict[str, int], connected: int, sessions: int, subscriptions: int,
+               retained: int, workers: int, uptime: int) -> dict[str, str]:
+    """The `$SYS` topic -> payload map for one publication (Mosquitto-compatible names)."""
+    return {
+        "$SYS/broker/version": f"bwfast {__version__}",
+        "$SYS/broker/uptime": f"{uptime} seconds",
+        "$SYS/broker/clients/connected": str(connected),
+        "$SYS/broker/clients/active": str(connected),
+        "$SYS/broker/clients/total": str(sessions),
+        "$SYS/broker/clients/disconnected": str(max(0, sessions - connected)),
+        "$SYS/broker/messages/received": str(totals["msgs_received"]),
+        "$SYS/broker/messages/sent": str(totals["msgs_sent"]),
+        "$SYS/broker/publish/messages/received": str(totals["msgs_received"]),
+        "$SYS/broker/publish/messages/sent": str(totals["msgs_sent"]),
+        "$SYS/broker/publish/messages/dropped": str(totals["dropped"]),
+        "$SYS/broker/bytes/received": str(totals["bytes_received"]),
+        "$SYS/broker/bytes/sent": str(totals["bytes_sent"]),
+        "$SYS/broker/subscriptions/count": str(subscriptions),
+        "$SYS/broker/retained messages/count": str(retained),
+        "$SYS/broker/workers": str(workers),
+    }

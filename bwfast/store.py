@@ -1,0 +1,148 @@
+"""The LMDB environment: the only module that imports lmdb (DESIGN.md, "LMDB").
+
+Writes are group-committed: callers stage puts and deletes during a loop
+iteration and the worker calls :meth:`Store.commit` once at the end of it, so
+there is never one transaction per message. Callbacks registered with
+:meth:`Store.after_commit` run once the staged writes are durable; the broker
+uses them to hold back PUBACK/PUBREC/SUBACK until the state they acknowledge
+is on disk (``[persistence] sync = true``).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import lmdb
+import msgpack
+
+log = logging.getLogger("bwfast.store")
+
+SCHEMA_VERSION = 1
+DB_NAMES = (
+    "meta", "sessions", "subs", "routes", "retained", "queue", "inflight", "auth",
+    "devices", "events", "commands", "wills", "revoked", "clients",
+)
+DEFAULT_MAP_SIZE = 8 << 30  # sparse file; grows on demand up to this
+
+
+def pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+class StoreError(Exception):
+    """The LMDB environment is unusable (wrong schema, corrupt, unwritable)."""
+
+
+class Store:
+    """One process's handle on the shared LMDB environment.
+
+    Open it after fork, never before (py-lmdb docs). One writer at a time across
+    processes is LMDB's own rule; our write transactions are short.
+    """
+
+    def __init__(self, path: str, sync: bool = True, map_size: int = DEFAULT_MAP_SIZE) -> None:
+        os.makedirs(path, exist_ok=True)
+        self.path = path
+        self.sync = sync
+        try:
+            self.env = lmdb.open(
+                path, map_size=map_size, max_dbs=len(DB_NAMES) + 2, sync=sync,
+                metasync=sync, max_readers=512, readahead=False,
+            )
+        except lmdb.Error as e:
+            raise StoreError(f"cannot open LMDB environment in {path}: {e}") from e
+        self.env.reader_check()  # clear stale readers left by a crashed process
+        self.dbs = {name: self.env.open_db(name.encode()) for name in DB_NAMES}
+        self._pending: dict[tuple[str, bytes], bytes | None] = {}
+        self._callbacks: list[Callable[[], None]] = []
+        self._check_schema()
+
+    # -- schema -----------------------------------------------------------------
+    def _check_schema(self) -> None:
+        with self.env.begin(write=True) as txn:
+            raw = txn.get(b"schema", db=self.dbs["meta"])
+            if raw is None:
+                txn.put(b"schema", pack(SCHEMA_VERSION), db=self.dbs["meta"])
+                return
+        try:
+            version = unpack(raw)
+        except Exception as e:  # noqa: BLE001 - any decode failure means corrupt
+            raise StoreError(f"{self.path}: corrupt schema record") from e
+        if version != SCHEMA_VERSION:
+            raise StoreError(f"{self.path}: schema version {version}, this bwfast reads {SCHEMA_VERSION}")
+
+    # -- staged writes ------------------------------------------------------------
+    @property
+    def dirty(self) -> bool:
+        return bool(self._pending) or bool(self._callbacks)
+
+    def put(self, db: str, key: bytes, value: Any) -> None:
+        self._pending[(db, key)] = pack(value)
+
+    def put_raw(self, db: str, key: bytes, value: bytes) -> None:
+        self._pending[(db, key)] = value
+
+    def delete(self, db: str, key: bytes) -> None:
+        self._pending[(db, key)] = None
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        self._callbacks.append(callback)
+
+    def commit(self) -> None:
+        """Write everything staged in one transaction, then run the callbacks."""
+        pending, self._pending = self._pending, {}
+        callbacks, self._callbacks = self._callbacks, []
+        if pending:
+            dbs = self.dbs
+            with self.env.begin(write=True) as txn:
+                for (db, key), value in pending.items():
+                    if value is None:
+                        txn.delete(key, db=dbs[db])
+                    else:
+                        txn.put(key, value, db=dbs[db])
+        for cb in callbacks:
+            try:
+                cb()
+            except Exception:  # noqa: BLE001 - one bad callback must not stop the rest
+                log.exception("after-commit callback failed")
+
+    # -- reads --------------------------------------------------------------------
+    def get(self, db: str, key: bytes) -> Any:
+        if (db, key) in self._pending:
+            raw = self._pending[(db, key)]
+        else:
+            with self.env.begin(db=self.dbs[db]) as txn:
+                raw = txn.get(key)
+        return None if raw is None else unpack(raw)
+
+    def items(self, db: str, prefix: bytes = b"") -> Iterator[tuple[bytes, Any]]:
+        """Committed records of ``db`` whose key starts with ``prefix``, in key order."""
+        out: list[tuple[bytes, Any]] = []
+        with self.env.begin(db=self.dbs[db]) as txn:
+            cur = txn.cursor()
+            if not cur.set_range(prefix):
+                return iter(())
+            for key, raw in cur:
+                if not key.startswith(prefix):
+                    break
+                out.append((bytes(key), unpack(raw)))
+        return iter(out)
+
+    def delete_prefix(self, db: str, prefix: bytes) -> None:
+        """Stage deletion of every committed and staged key under ``prefix``."""
+        for key, _ in self.items(db, prefix):
+            self._pending[(db, key)] = None
+        for (d, key) in list(self._pending):
+            if d == db and key.startswith(prefix):
+                self._pending[(d, key)] = None
+
+    def close(self) -> None:
+        self.commit()
+        self.env.sync(True)
+        self.env.close()

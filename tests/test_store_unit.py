@@ -1,0 +1,76 @@
+"""The LMDB store: group commit, after-commit callbacks, schema version (real LMDB in tmp)."""
+from __future__ import annotations
+
+import lmdb
+import msgpack
+import pytest
+
+from bwfast.store import SCHEMA_VERSION, Store, StoreError
+
+
+def committed(s: Store, db: str, key: bytes) -> object:
+    """What another process would read: the committed record, staged writes ignored."""
+    with s.env.begin(db=s.dbs[db]) as txn:
+        raw = txn.get(key)
+    return None if raw is None else msgpack.unpackb(raw)
+
+
+def test_staged_writes_reach_lmdb_only_at_commit(tmp_path):
+    a = Store(str(tmp_path), sync=False)
+    a.put("sessions", b"c1", {"e": 5})
+    assert a.get("sessions", b"c1") == {"e": 5}  # own staged view
+    assert committed(a, "sessions", b"c1") is None
+    a.commit()
+    assert committed(a, "sessions", b"c1") == {"e": 5}
+
+
+def test_put_then_delete_in_one_iteration_never_reaches_disk(tmp_path):
+    s = Store(str(tmp_path), sync=False)
+    s.put("queue", b"x\x00\x01", [1])
+    s.delete("queue", b"x\x00\x01")
+    s.commit()
+    assert list(s.items("queue")) == []
+
+
+def test_after_commit_callbacks_run_in_order_after_the_write(tmp_path):
+    s = Store(str(tmp_path), sync=True)
+    seen: list[object] = []
+    s.put("retained", b"t", [1])
+    s.after_commit(lambda: seen.append(committed(s, "retained", b"t")))
+    s.after_commit(lambda: seen.append("second"))
+    assert s.dirty
+    s.commit()
+    assert seen == [[1], "second"]
+    assert not s.dirty
+
+
+def test_prefix_iteration_and_delete(tmp_path):
+    s = Store(str(tmp_path), sync=False)
+    for cid in ("a", "ab", "b"):
+        for seq in (2, 1):
+            s.put("queue", cid.encode() + b"\x00" + seq.to_bytes(8, "big"), [cid, seq])
+    s.commit()
+    assert [v for _, v in s.items("queue", b"a\x00")] == [["a", 1], ["a", 2]]
+    s.delete_prefix("queue", b"a\x00")
+    s.commit()
+    assert [v[0] for _, v in s.items("queue")] == ["ab", "ab", "b", "b"]
+
+
+def test_newer_schema_is_refused(tmp_path):
+    env = lmdb.open(str(tmp_path), max_dbs=4)
+    meta = env.open_db(b"meta")
+    with env.begin(write=True) as txn:
+        txn.put(b"schema", msgpack.packb(SCHEMA_VERSION + 1), db=meta)
+    env.close()
+    with pytest.raises(StoreError, match="schema version"):
+        Store(str(tmp_path))
+
+
+def test_corrupt_schema_record_is_refused(tmp_path):
+    env = lmdb.open(str(tmp_path), max_dbs=4)
+    meta = env.open_db(b"meta")
+    with env.begin(write=True) as txn:
+        txn.put(b"schema", b"\xc1", db=meta)  # 0xc1 is never valid msgpack
+    env.close()
+    with pytest.raises(StoreError, match="corrupt"):
+        Store(str(tmp_path))

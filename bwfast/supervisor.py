@@ -14,7 +14,7 @@ import socket
 import sys
 import time
 from multiprocessing.connection import wait
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bwfast.store import Store, StoreError
 
@@ -68,7 +68,7 @@ class Child:
         self.started = 0.0
         self.restart_at = 0.0
 
-    def start(self, ctx: mp.context.BaseContext) -> None:
+    def start(self, ctx: Any) -> None:
         self.proc = ctx.Process(target=_child_main, args=(self.name, self.target, self.args),
                                 name=self.name, daemon=False)
         self.proc.start()

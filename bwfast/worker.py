@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from bwfast import codes as c
+from bwfast.auth import verify_password
 from bwfast.handlers import table
 from bwfast.message import Message
 from bwfast.protocol import Connection
@@ -152,6 +152,12 @@ class Worker:
 
     def authenticate(self, conn: Connection, username: str | None, password: bytes | None) -> int:
         """0 when the CONNECT may proceed, else the v5 reason code to refuse it with."""
+        if not self.cfg.authentication.enabled:
+            return 0
+        if not username or password is None:
+            return c.BAD_USERNAME_OR_PASSWORD
+        if not verify_password(self.store.get("auth", username.encode()), password):
+            return c.BAD_USERNAME_OR_PASSWORD
         return 0
 
     def on_connected(self, conn: Connection) -> None:

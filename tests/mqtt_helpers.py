@@ -697,6 +697,28 @@ class RawClient:
             out.append(msg)
         return out
 
+    def collect_until(self, topic: str, timeout: float = DEFAULT_TIMEOUT) -> list[Publish]:
+        """PUBLISHes received up to and including the first on `topic` (a sentinel),
+        acknowledging each as it comes (PUBREC for QoS 2, PUBCOMP for PUBREL)."""
+        deadline = time.monotonic() + timeout
+        out: list[Publish] = []
+        while True:
+            try:
+                p = self.recv_packet(max(0.01, deadline - time.monotonic()))
+            except TimeoutError:
+                raise AssertionError(f"sentinel {topic} not received; got {out}") from None
+            if p.ptype == PUBREL:
+                self.send(pubcomp(parse_ack(p, self.version).pid, version=self.version))
+                continue
+            msg = parse_publish(p, self.version)
+            if msg.qos == 1 and msg.pid is not None:
+                self.send(puback(msg.pid, version=self.version))
+            elif msg.qos == 2 and msg.pid is not None:
+                self.send(pubrec(msg.pid, version=self.version))
+            out.append(msg)
+            if msg.topic == topic:
+                return out
+
     def disconnect(self, rc: int | None = None, props: PropsIn = None) -> None:
         self.send(disconnect(version=self.version, rc=rc, props=props))
         self.close()
@@ -892,3 +914,11 @@ def wait_for(predicate: Any, timeout: float = DEFAULT_TIMEOUT, interval: float =
         if time.monotonic() >= deadline:
             return False
         time.sleep(interval)
+
+
+def persistent(version: int, expiry: int = 300) -> dict[str, Any]:
+    """CONNECT keyword arguments for a session that outlives the connection:
+    CleanSession=0 (3.1.1) or Clean Start=0 with a Session Expiry Interval (5.0)."""
+    if version == V5:
+        return {"clean": False, "props": {SESSION_EXPIRY: expiry}}
+    return {"clean": False}

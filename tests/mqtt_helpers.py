@@ -510,6 +510,7 @@ class RawClient:
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = bytearray()
         self.eof = False
+        self.pending: list[Packet] = []  # read ahead while waiting for PINGRESP
 
     # -- transport
     def send(self, data: bytes) -> None:
@@ -575,6 +576,8 @@ class RawClient:
 
     def recv_packet(self, timeout: float = DEFAULT_TIMEOUT) -> Packet:
         """Next packet; TimeoutError if none within timeout, ConnectionClosed on EOF."""
+        if self.pending:
+            return self.pending.pop(0)
         deadline = time.monotonic() + timeout
         while True:
             p = self._try_parse()
@@ -622,16 +625,25 @@ class RawClient:
                     f"broker did not close the connection within {timeout}s (got {got!r})"
                 ) from None
 
-    def is_open(self, within: float = 0.3) -> bool:
-        """True when a PINGREQ is answered by PINGRESP [MQTT-3.12.4-1]."""
+    def is_open(self, within: float = 1.0) -> bool:
+        """True when a PINGREQ is answered by PINGRESP [MQTT-3.12.4-1]; other packets
+        that arrive meanwhile are kept for the next recv_packet."""
         self.send(pingreq())
+        held: list[Packet] = []
         try:
             while True:
                 p = self.recv_packet(within)
                 if p.ptype == PINGRESP:
                     return True
+                held.append(p)
         except (TimeoutError, ConnectionClosed):
             return False
+        finally:
+            self.pending = held + self.pending
+
+    def sync(self) -> None:
+        """Round-trip a PINGREQ so everything sent before has been processed."""
+        assert self.is_open(DEFAULT_TIMEOUT), "no PINGRESP: connection lost"
 
     # -- MQTT conveniences
     def connect(self, client_id: str | bytes = "", **kw: Any) -> Connack:
@@ -647,7 +659,21 @@ class RawClient:
         if isinstance(filters, str):
             filters = [(filters, qos)]
         self.send(subscribe(pid, filters, version=self.version, props=props))
-        ack = parse_suback(self.expect(SUBACK), self.version)
+        held: list[Packet] = []
+        try:
+            while True:  # PUBLISHes may precede the SUBACK (3.1.1 section 3.8.4)
+                p = self.recv_packet()
+                if p.ptype == SUBACK:
+                    break
+                assert p.ptype in (PUBLISH, PUBREL), f"expected SUBACK, got {p!r}"
+                held.append(p)
+        except TimeoutError:
+            raise AssertionError("no SUBACK") from None
+        except ConnectionClosed:
+            raise AssertionError("connection closed while waiting for SUBACK") from None
+        finally:
+            self.pending = held + self.pending
+        ack = parse_suback(p, self.version)
         assert ack.pid == pid, "SUBACK packet id must match SUBSCRIBE [MQTT-3.8.4-2]"
         return ack
 
@@ -661,10 +687,13 @@ class RawClient:
         self, topic: str | bytes, payload: bytes = b"", *, qos: int = 0, retain: bool = False,
         pid: int = 1, props: PropsIn = None,
     ) -> None:
-        """Publish and complete the QoS handshake as the sender."""
+        """Publish and complete the QoS handshake as the sender (for QoS 0, a PINGREQ
+        round trip shows the broker has processed it)."""
         self.send(publish(topic, payload, qos=qos, retain=retain, pid=pid if qos else None,
                           version=self.version, props=props))
-        if qos == 1:
+        if qos == 0:
+            self.sync()
+        elif qos == 1:
             ack = self.expect_ack(PUBACK)
             assert ack.pid == pid and ack.rc < 0x80, f"bad PUBACK {ack}"
         elif qos == 2:
@@ -709,6 +738,8 @@ class RawClient:
                 raise AssertionError(f"sentinel {topic} not received; got {out}") from None
             if p.ptype == PUBREL:
                 self.send(pubcomp(parse_ack(p, self.version).pid, version=self.version))
+                continue
+            if p.ptype in (SUBACK, UNSUBACK, PINGRESP):
                 continue
             msg = parse_publish(p, self.version)
             if msg.qos == 1 and msg.pid is not None:

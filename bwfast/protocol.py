@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from bwfast.codes import CONNECT, MQTT5, REASON_STRING, UNSUPPORTED_PROTOCOL_VERSION
@@ -32,6 +33,8 @@ class Connection(asyncio.Protocol):
         self.transport: Any = None
         self.parser = Parser(worker.cfg.broker.max_packet_size)
         self.out: list[bytes] = []
+        self.acks: deque[list] = deque()   # acks waiting for a commit / peers, in order
+        self.held: list | None = None      # packets that came while CONNECT was pending
         self.session: Session | None = None
         self.client_id = ""
         self.version = 0
@@ -75,13 +78,24 @@ class Connection(asyncio.Protocol):
             for p in packets:
                 if self.closing:
                     return
-                if self.session is None and p.type != CONNECT:
-                    # [MQTT-3.1.0-1]: the first packet must be CONNECT.
-                    self.close()
-                    return
+                if self.session is None:
+                    if self.held is not None:
+                        # CONNECT waits for another worker to let go of the session.
+                        self.held.append(p)
+                        continue
+                    if p.type != CONNECT:
+                        # [MQTT-3.1.0-1]: the first packet must be CONNECT.
+                        self.close()
+                        return
                 handlers[p.type](self, p)
         except MQTTError as e:
             self.fail(e)
+
+    def connected(self) -> None:
+        """CONNECT is done: run what the client sent meanwhile."""
+        held, self.held = self.held, None
+        if held:
+            self._dispatch(held)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True

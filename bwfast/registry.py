@@ -34,33 +34,64 @@ class SessionRegistry:
 
     # -- start-up ---------------------------------------------------------------------------
     def load(self) -> int:
-        """Restore persistent sessions, their subscriptions and messages from LMDB."""
-        store = self.worker.store
+        """Restore this worker's persistent sessions, subscriptions and messages from LMDB."""
+        cluster = self.worker.cluster
         now = time.time()
-        for key, rec in store.items("sessions"):
+        for key, rec in self.worker.store.items("sessions"):
             cid = key.decode()
-            expiry = rec["e"]
-            dc = rec.get("d") or now
-            if expiry != NEVER_EXPIRES and dc + expiry <= now:
-                self._drop_records(cid)
+            if cluster is not None and not cluster.owns(cid):
                 continue
-            session = Session(cid, self.worker)
-            session.version = rec["v"]
-            session.expiry = expiry
-            session.next_pid = rec.get("p", 1)
-            session.disconnected_at = dc
-            session.stored = True
-            for filt, opts in rec["s"].items():
-                o = SubOpts.from_record(opts)
-                session.subs[filt] = o
-                self.worker.router.subscribe(session, filt, o)
-            for qkey, qrec in store.items("queue", cid.encode() + b"\x00"):
-                session.restore_entry(int.from_bytes(qkey[-8:], "big"), qrec)
-            for ikey, _ in store.items("inflight", cid.encode() + b"\x00"):
-                session.qos2_in.add(int.from_bytes(ikey[-2:], "big"))
-            self.sessions[cid] = session
-            self._schedule_expiry(session, dc + expiry - now if expiry != NEVER_EXPIRES else None)
+            self._restore(cid, rec, now)
         return len(self.sessions)
+
+    def adopt(self, cid: str) -> Session | None:
+        """Load one session another worker held (takeover, or its holder died)."""
+        if cid in self.sessions:
+            return self.sessions[cid]
+        rec = self.worker.store.get("sessions", cid.encode())
+        return None if rec is None else self._restore(cid, rec, time.time())
+
+    def _restore(self, cid: str, rec: dict, now: float) -> Session | None:
+        store = self.worker.store
+        expiry = rec["e"]
+        dc = rec.get("d") or now
+        if expiry != NEVER_EXPIRES and dc + expiry <= now:
+            self._drop_records(cid)
+            return None
+        session = Session(cid, self.worker)
+        session.version = rec["v"]
+        session.expiry = expiry
+        session.next_pid = rec.get("p", 1)
+        session.disconnected_at = dc
+        session.stored = True
+        for filt, opts in rec["s"].items():
+            o = SubOpts.from_record(opts)
+            session.subs[filt] = o
+            self.worker.subscribe(session, filt, o)
+        for qkey, qrec in store.items("queue", cid.encode() + b"\x00"):
+            session.restore_entry(int.from_bytes(qkey[-8:], "big"), qrec)
+        for ikey, _ in store.items("inflight", cid.encode() + b"\x00"):
+            session.qos2_in.add(int.from_bytes(ikey[-2:], "big"))
+        self.sessions[cid] = session
+        self._schedule_expiry(session, dc + expiry - now if expiry != NEVER_EXPIRES else None)
+        return session
+
+    def hand_over(self, cid: str, clean: bool) -> bool:
+        """Another worker got a CONNECT for cid: let go of it; True if a session is kept for it."""
+        session = self.sessions.get(cid)
+        if session is None:
+            return False
+        if session.conn is not None:
+            self._take_over(session, clean)
+        if clean or not session.persistent:
+            self.destroy(session, publish_will=False, release=False)
+            return False
+        self._cancel_timers(session)
+        self.save(session)
+        for filt in session.subs:
+            self.worker.unsubscribe(session, filt)
+        del self.sessions[cid]
+        return True
 
     # -- connect / disconnect -------------------------------------------------------------------
     def attach(self, conn: Connection, cid: str, clean_start: bool, expiry: int) -> tuple[Session, bool]:
@@ -156,19 +187,14 @@ class SessionRegistry:
         if session.conn is None and self.sessions.get(session.client_id) is session:
             self.destroy(session, publish_will=True)
 
-    def destroy(self, session: Session, publish_will: bool) -> None:
+    def destroy(self, session: Session, publish_will: bool, release: bool = True) -> None:
         """End a session: will (if still pending), subscriptions, messages, records."""
         if publish_will and session.will is not None:
             self.publish_will(session)
-        if session.will_handle is not None:
-            session.will_handle.cancel()
-            session.will_handle = None
-        if session.expiry_handle is not None:
-            session.expiry_handle.cancel()
-            session.expiry_handle = None
-        router = self.worker.router
+        self._cancel_timers(session)
+        worker = self.worker
         for filt in session.subs:
-            router.unsubscribe(session, filt)
+            worker.unsubscribe(session, filt)
         session.subs.clear()
         session.discard_state()
         if self.sessions.get(session.client_id) is session:
@@ -176,6 +202,17 @@ class SessionRegistry:
         if session.stored:
             self._drop_records(session.client_id)
             session.stored = False
+        if release and worker.cluster is not None:
+            worker.cluster.released(session.client_id)
+
+    @staticmethod
+    def _cancel_timers(session: Session) -> None:
+        if session.will_handle is not None:
+            session.will_handle.cancel()
+            session.will_handle = None
+        if session.expiry_handle is not None:
+            session.expiry_handle.cancel()
+            session.expiry_handle = None
 
     def _drop_records(self, cid: str) -> None:
         store = self.worker.store

@@ -1,15 +1,21 @@
-"""Who gets a message: the local subscription trie (and, later, routes to peers).
+"""Who gets a message: local subscriptions and the routes to peer workers.
 
-A PUBLISH is matched once, through a topic -> subscribers cache that the trie's
-generation counter invalidates. Each client gets one copy with the highest
-QoS of its matching subscriptions and all their subscription identifiers
-(MQTT 5.0 §3.3.4, overlapping subscriptions). Shared subscriptions
-(`$share/group/filter`) deliver each message to one member of the group,
-round robin over the members that are connected (MQTT 5.0 §4.8.2).
+A PUBLISH is matched once, on the worker that received it, through topic ->
+subscribers caches that the tries' generation counters invalidate
+(DESIGN.md, "Routing"):
+
+- local subscribers get it at once; a client gets one copy with the highest
+  QoS of its matching subscriptions and all their subscription identifiers
+  (MQTT 5.0 §3.3.4, overlapping subscriptions);
+- each peer worker with a matching route gets it once, however many
+  subscribers it has;
+- a shared subscription `$share/group/filter` gets it once: the group's
+  members may sit on several workers, and this worker picks one worker per
+  message, round robin, then that worker picks one member (MQTT 5.0 §4.8.2).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bwfast.message import Message
 from bwfast.topics import MatchCache, SubTrie, parse_shared
@@ -17,18 +23,23 @@ from bwfast.topics import MatchCache, SubTrie, parse_shared
 if TYPE_CHECKING:
     from bwfast.session import Session, SubOpts
 
+# How shared groups are treated while delivering locally.
+SHARED_PICK, SHARED_COLLECT, SHARED_SKIP = 0, 1, 2
+
 
 class SharedGroup:
-    """Members of one `$share/group/filter`: client id -> (session, options)."""
+    """Local members of one `$share/group/filter`: client id -> (session, options)."""
 
-    __slots__ = ("members", "order", "next")
+    __slots__ = ("name", "filter", "members", "order", "next")
 
-    def __init__(self) -> None:
+    def __init__(self, name: str, filt: str) -> None:
+        self.name = name
+        self.filter = filt
         self.members: dict[str, tuple[Session, SubOpts]] = {}
         self.order: list[str] = []
         self.next = 0
 
-    def pick(self, msg: Message) -> tuple[Session, SubOpts] | None:
+    def pick(self) -> tuple[Session, SubOpts] | None:
         """The next member, preferring connected ones; None if the group is empty."""
         order = self.order
         n = len(order)
@@ -50,79 +61,182 @@ class Router:
     def __init__(self) -> None:
         self.trie = SubTrie()
         self.cache = MatchCache(self.trie)
+        self.local_routes: dict[str, int] = {}  # route key (the filter as subscribed) -> local count
+        self.peers = SubTrie()                   # filter -> {peer: True} / {("$share", g, peer): (g, real)}
+        self.peer_cache = MatchCache(self.peers)
+        self.peer_filters: dict[int, set[str]] = {}
+        self._rr: dict[tuple[str, str], int] = {}
 
-    # -- subscriptions ------------------------------------------------------------------
-    def subscribe(self, session: Session, filt: str, opts: SubOpts) -> None:
+    # -- local subscriptions -------------------------------------------------------------------
+    def subscribe(self, session: Session, filt: str, opts: SubOpts) -> bool:
+        """Add or replace a subscription; True when it is this worker's first for ``filt``."""
+        group, real = parse_shared(filt)
+        cid = session.client_id
+        if group is None:
+            new = self.trie.add(filt, cid, (session, opts))
+        else:
+            key = ("$share", group)
+            subs = self.trie.get(real)
+            grp = subs.get(key) if subs else None
+            if grp is None:
+                grp = SharedGroup(group, real)
+                self.trie.add(real, key, grp)
+            new = cid not in grp.members
+            if new:
+                grp.order.append(cid)
+            grp.members[cid] = (session, opts)
+        if not new:
+            return False
+        count = self.local_routes.get(filt, 0)
+        self.local_routes[filt] = count + 1
+        return count == 0
+
+    def unsubscribe(self, session: Session, filt: str) -> bool:
+        """Remove a subscription; True when it was this worker's last for ``filt``."""
+        group, real = parse_shared(filt)
+        cid = session.client_id
+        if group is None:
+            if not self.trie.remove(filt, cid):
+                return False
+        else:
+            key = ("$share", group)
+            subs = self.trie.get(real)
+            grp = subs.get(key) if subs else None
+            if grp is None or cid not in grp.members:
+                return False
+            del grp.members[cid]
+            grp.order.remove(cid)
+            if not grp.members:
+                self.trie.remove(real, key)
+        count = self.local_routes.get(filt, 0) - 1
+        if count > 0:
+            self.local_routes[filt] = count
+            return False
+        self.local_routes.pop(filt, None)
+        return True
+
+    # -- routes to peers --------------------------------------------------------------------------
+    def add_peer_route(self, peer: int, filt: str) -> None:
         group, real = parse_shared(filt)
         if group is None:
-            self.trie.add(filt, session.client_id, (session, opts))
-            return
-        key = ("$share", group)
-        subs = self.trie.get(real)
-        grp = subs.get(key) if subs else None
-        if grp is None:
-            grp = SharedGroup()
-            self.trie.add(real, key, grp)
-        if session.client_id not in grp.members:
-            grp.order.append(session.client_id)
-        grp.members[session.client_id] = (session, opts)
+            self.peers.add(filt, peer, True)
+        else:
+            self.peers.add(real, ("$share", group, peer), (group, real))
+        self.peer_filters.setdefault(peer, set()).add(filt)
 
-    def unsubscribe(self, session: Session, filt: str) -> None:
+    def remove_peer_route(self, peer: int, filt: str) -> None:
         group, real = parse_shared(filt)
         if group is None:
-            self.trie.remove(filt, session.client_id)
-            return
-        key = ("$share", group)
-        subs = self.trie.get(real)
-        grp = subs.get(key) if subs else None
-        if grp is None or session.client_id not in grp.members:
-            return
-        del grp.members[session.client_id]
-        grp.order.remove(session.client_id)
-        if not grp.members:
-            self.trie.remove(real, key)
+            self.peers.remove(filt, peer)
+        else:
+            self.peers.remove(real, ("$share", group, peer))
+        filters = self.peer_filters.get(peer)
+        if filters is not None:
+            filters.discard(filt)
 
-    # -- delivery -------------------------------------------------------------------------
-    def publish(self, msg: Message) -> int:
-        """Deliver to every matching local subscription; return how many got it."""
+    def replace_peer_routes(self, peer: int, filters: list[str]) -> None:
+        for filt in list(self.peer_filters.get(peer, ())):
+            self.remove_peer_route(peer, filt)
+        for filt in filters:
+            self.add_peer_route(peer, filt)
+
+    # -- delivery -----------------------------------------------------------------------------------
+    def publish(self, msg: Message) -> tuple[int, dict[int, list] | None]:
+        """Deliver locally; return (local deliveries, {peer: [normal, [(real, group)...]]})."""
         matched = self.cache.match(msg.topic)
+        pmatched = self.peer_cache.match(msg.topic) if self.peer_filters else None
+        if not pmatched:
+            return self._deliver(matched, msg, SHARED_PICK, None), None
+        forwards: dict[int, list] = {}
+        candidates: dict[tuple[str, str], list[Any]] = {}
+        for subs in pmatched:
+            for key, value in subs.items():
+                if type(key) is tuple:
+                    candidates.setdefault(value, []).append(key[2])
+                else:
+                    fwd = forwards.get(key)
+                    if fwd is None:
+                        forwards[key] = [True, []]
+                    else:
+                        fwd[0] = True
+        sink: dict[tuple[str, str], SharedGroup] = {}
+        n = self._deliver(matched, msg, SHARED_COLLECT, sink)
+        for grp in sink.values():
+            candidates.setdefault((grp.name, grp.filter), []).append(grp)
+        for gkey, cands in candidates.items():
+            i = self._rr.get(gkey, 0)
+            self._rr[gkey] = i + 1
+            choice = cands[i % len(cands)]
+            if type(choice) is int:
+                fwd = forwards.get(choice)
+                if fwd is None:
+                    fwd = forwards[choice] = [False, []]
+                fwd[1].append(gkey)
+            else:
+                n += self._deliver_group(choice, msg)
+        return n, forwards
+
+    def deliver_forwarded(self, msg: Message, normal: bool, groups: list) -> int:
+        """A peer matched this message for us: deliver to the local side it chose."""
+        n = self._deliver(self.cache.match(msg.topic), msg, SHARED_SKIP, None) if normal else 0
+        for name, real in groups:
+            subs = self.trie.get(real)
+            grp = subs.get(("$share", name)) if subs else None
+            if grp is not None:
+                n += self._deliver_group(grp, msg)
+        return n
+
+    def _deliver_group(self, grp: SharedGroup, msg: Message) -> int:
+        member = grp.pick()
+        if member is None:
+            return 0
+        session, opts = member
+        session.deliver(msg, min(opts.qos, msg.qos), msg.retain if opts.rap else False,
+                        [opts.sub_id] if opts.sub_id else None)
+        return 1
+
+    def _deliver(self, matched: list, msg: Message, shared: int,
+                 sink: dict[tuple[str, str], SharedGroup] | None) -> int:
         if not matched:
             return 0
         if len(matched) == 1:
-            return self._deliver_one_filter(matched[0], msg)
-        return self._deliver_overlapping(matched, msg)
+            return self._deliver_one_filter(matched[0], msg, shared, sink)
+        return self._deliver_overlapping(matched, msg, shared, sink)
 
-    def _deliver_one_filter(self, subs: dict, msg: Message) -> int:
+    def _deliver_one_filter(self, subs: dict, msg: Message, shared: int,
+                            sink: dict[tuple[str, str], SharedGroup] | None) -> int:
         n = 0
         origin = msg.origin
         qos_in = msg.qos
         for key, value in subs.items():
             if type(key) is tuple:
-                member = value.pick(msg)
-                if member is None:
-                    continue
-                session, opts = member
-            else:
-                session, opts = value
-                if opts.no_local and key == origin:
-                    continue
+                if shared == SHARED_PICK:
+                    n += self._deliver_group(value, msg)
+                elif shared == SHARED_COLLECT and sink is not None:
+                    sink[(value.name, value.filter)] = value
+                continue
+            session, opts = value
+            if opts.no_local and key == origin:
+                continue
             qos = opts.qos if opts.qos < qos_in else qos_in
             session.deliver(msg, qos, msg.retain if opts.rap else False,
                             [opts.sub_id] if opts.sub_id else None)
             n += 1
         return n
 
-    def _deliver_overlapping(self, matched: list, msg: Message) -> int:
+    def _deliver_overlapping(self, matched: list, msg: Message, shared: int,
+                             sink: dict[tuple[str, str], SharedGroup] | None) -> int:
         """Several filters match: one copy per client, max QoS, all sub ids [MQTT-3.3.4-2]."""
         best: dict[str, list] = {}
-        shared: list[tuple[Session, SubOpts]] = []
+        groups: list[SharedGroup] = []
         origin = msg.origin
         for subs in matched:
             for key, value in subs.items():
                 if type(key) is tuple:
-                    member = value.pick(msg)
-                    if member is not None:
-                        shared.append(member)
+                    if shared == SHARED_PICK:
+                        groups.append(value)
+                    elif shared == SHARED_COLLECT and sink is not None:
+                        sink[(value.name, value.filter)] = value
                     continue
                 session, opts = value
                 if opts.no_local and key == origin:
@@ -139,7 +253,7 @@ class Router:
         qos_in = msg.qos
         for session, qos, rap, sub_ids in best.values():
             session.deliver(msg, min(qos, qos_in), msg.retain if rap else False, sub_ids or None)
-        for session, opts in shared:
-            session.deliver(msg, min(opts.qos, qos_in), msg.retain if opts.rap else False,
-                            [opts.sub_id] if opts.sub_id else None)
-        return len(best) + len(shared)
+        n = len(best)
+        for grp in groups:
+            n += self._deliver_group(grp, msg)
+        return n

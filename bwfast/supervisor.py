@@ -101,14 +101,8 @@ def run(cfg: Config) -> int:
     from bwfast.worker import run_worker
 
     nworkers = cfg.broker.workers
-    if nworkers > 1:
-        # Cross-worker routing (the bus and route table) is not built yet: one
-        # worker serves everything so clients still see one broker.
-        log.warning("workers = %d asked; running 1 worker until multi-worker routing lands",
-                    nworkers)
-        nworkers = 1
     ctx = mp.get_context("fork")
-    children = [Child(f"worker-{i}", run_worker, (cfg, i)) for i in range(nworkers)]
+    children = [Child(f"worker-{i}", run_worker, (cfg, i, nworkers)) for i in range(nworkers)]
     stopping = False
 
     def on_signal(signum: int, frame: object) -> None:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from bwfast import codes as c
 from bwfast.auth import verify_password
+from bwfast.cluster import Cluster
 from bwfast.handlers import table
 from bwfast.message import Message
 from bwfast.protocol import Connection
@@ -35,9 +36,10 @@ SCAN_INTERVAL = 0.25    # keepalive / clock granularity
 
 
 class Worker:
-    def __init__(self, cfg: Config, index: int = 0) -> None:
+    def __init__(self, cfg: Config, index: int = 0, nworkers: int = 1) -> None:
         self.cfg = cfg
         self.index = index
+        self.nworkers = nworkers
         self.loop: asyncio.AbstractEventLoop = asyncio.get_event_loop()
         self.now = time.monotonic()
         self.wall = time.time()
@@ -47,6 +49,9 @@ class Worker:
         self.router = Router()
         self.retained = RetainStore(self.store)
         self.sessions = SessionRegistry(self)
+        self.cluster: Cluster | None = Cluster(self, nworkers) if nworkers > 1 else None
+        self._new_routes: list[str] = []
+        self._gone_routes: list[str] = []
         self.conns: set[Connection] = set()
         self.servers: list[asyncio.AbstractServer] = []
         self._dirty: list[Connection] = []
@@ -59,8 +64,13 @@ class Worker:
     async def start(self) -> None:
         n_retained = self.retained.load()
         n_sessions = self.sessions.load()
+        if self.cluster is not None:
+            self._new_routes.clear()  # peers learn our routes from "hello"
+            self.cluster.load_routes()
         if self.store.dirty:
             self.store.commit()
+        if self.cluster is not None:
+            await self.cluster.start()
         b = self.cfg.broker
         server = await self.loop.create_server(
             lambda: Connection(self, "mqtt"), b.host, b.port, reuse_port=True, backlog=4096)
@@ -69,7 +79,7 @@ class Worker:
                  self.index, b.host, b.port, n_retained, n_sessions)
         self._every(SCAN_INTERVAL, self._scan)
         if b.sys_interval:
-            self._every(b.sys_interval, self._publish_sys)
+            self._every(b.sys_interval, self._sys_tick)
 
     def _every(self, interval: float, fn: Callable[[], None]) -> None:
         def run() -> None:
@@ -96,6 +106,8 @@ class Worker:
             conn.disconnect(c.SERVER_SHUTTING_DOWN, "server shutting down")
         self.sessions.shutdown()
         self.store.close()
+        if self.cluster is not None:
+            self.cluster.close()
         await asyncio.sleep(0.05)
         for conn in list(self.conns):
             if conn.transport is not None:
@@ -116,6 +128,8 @@ class Worker:
 
     def _tick(self) -> None:
         self._tick_scheduled = False
+        if self._new_routes or self._gone_routes:
+            self.announce_routes()
         if self.store.dirty:
             self.store.commit()
         dirty = self._dirty
@@ -123,32 +137,89 @@ class Worker:
             self._dirty = []
             for conn in dirty:
                 conn.flush()
+        if self.cluster is not None:
+            self.cluster.bus.flush()
 
-    def ack(self, conn: Connection, data: bytes, then: Callable[[], Any] | None = None) -> None:
-        """Send an acknowledgement once the state it confirms is committed.
+    def ack(self, conn: Connection, data: bytes, then: Callable[[], Any] | None = None,
+            seq: int = 0) -> None:
+        """Send an acknowledgement once what it confirms holds.
 
-        Everything staged in this iteration is committed by the tick before
-        any buffer is written, so acks keep their order [MQTT-4.6.0-2].
+        That is: the LMDB writes staged in this iteration are committed, and
+        (seq) every peer worker answered. Acks of one connection leave in the
+        order their packets came [MQTT-4.6.0-2], waiting behind each other.
         """
+        entry: list[Any] = [data, 0, then]
         if self.store.dirty:
-            def send() -> None:
-                conn.write(data)
-                if then is not None:
-                    then()
-            self.store.after_commit(send)
+            entry[1] += 1
+            self.store.after_commit(lambda: self.release(conn, entry))
             self.schedule_tick()
+        if seq and self.cluster is not None:
+            entry[1] += 1
+            self.cluster.attach(seq, conn, entry)
+        acks = conn.acks
+        if entry[1] == 0 and not acks:
+            conn.write(data)
+            if then is not None:
+                then()
             return
-        conn.write(data)
-        if then is not None:
-            then()
+        acks.append(entry)
+
+    def release(self, conn: Connection, entry: list) -> None:
+        """One thing an ack waited for is done; send every ack now free, in order."""
+        entry[1] -= 1
+        acks = conn.acks
+        while acks and acks[0][1] <= 0:
+            data, _, then = acks.popleft()
+            conn.write(data)
+            if then is not None:
+                then()
+
+    # -- subscriptions and routes ---------------------------------------------------------------------
+    def subscribe(self, session: Any, filt: str, opts: Any) -> None:
+        if self.router.subscribe(session, filt, opts) and self.cluster is not None:
+            self._new_routes.append(filt)
+
+    def unsubscribe(self, session: Any, filt: str) -> None:
+        if self.router.unsubscribe(session, filt) and self.cluster is not None:
+            self._gone_routes.append(filt)
+
+    def announce_routes(self) -> int:
+        """Tell peers about route changes; return the seq a SUBACK must wait on (0: none)."""
+        seq = 0
+        if self.cluster is not None:
+            if self._gone_routes:
+                gone, self._gone_routes = self._gone_routes, []
+                self.cluster.routes_removed([f for f in gone if f not in self.router.local_routes])
+            if self._new_routes:
+                new, self._new_routes = self._new_routes, []
+                seq = self.cluster.routes_added([f for f in new if f in self.router.local_routes])
+        return seq
 
     # -- messages ---------------------------------------------------------------------------
-    def publish(self, msg: Message) -> int:
-        """Route one message to its subscribers and keep it if retained."""
-        n = self.router.publish(msg)
+    def publish(self, msg: Message, confirm: bool = False) -> tuple[int, int]:
+        """Route one message, keep it if retained; return (deliveries, seq to wait on).
+
+        With ``confirm`` (a QoS 1/2 PUBLISH), the returned seq is answered once
+        every peer it was forwarded to holds it durably.
+        """
+        n, forwards = self.router.publish(msg)
+        seq = 0
+        if forwards:
+            assert self.cluster is not None
+            seq = self.cluster.forward(msg, forwards, confirm)
+            n += len(forwards)
         if msg.retain:
             self.retained.set(msg)
-        return n
+            if self.cluster is not None:
+                self.cluster.retained_changed(msg)
+        return n, seq
+
+    def claim(self, cid: str, clean: bool, proceed: Callable[[], None]) -> None:
+        """Make sure no other worker holds cid's session, then proceed with the CONNECT."""
+        if self.cluster is None:
+            proceed()
+        else:
+            self.cluster.claim(cid, clean, proceed)
 
     def authenticate(self, conn: Connection, username: str | None, password: bytes | None) -> int:
         """0 when the CONNECT may proceed, else the v5 reason code to refuse it with."""
@@ -168,6 +239,8 @@ class Worker:
         """Keepalive at 1.5x [MQTT-3.1.2-22] and sockets that never sent CONNECT."""
         self.now = now = time.monotonic()
         self.wall = time.time()
+        if self.cluster is not None:
+            self.cluster.sweep()
         for conn in list(self.conns):
             if conn.closing:
                 continue
@@ -177,23 +250,43 @@ class Worker:
             elif conn.keepalive and now - conn.last_rx > conn.keepalive * 1.5:
                 conn.disconnect(c.KEEP_ALIVE_TIMEOUT, "keep alive timeout")
 
-    def _publish_sys(self) -> None:
-        totals = self.stats.snapshot()
+    def _sys_tick(self) -> None:
+        """Share our figures; worker 0 publishes the sums on `$SYS` for everyone."""
+        counters = self.stats.snapshot()
+        connected = self.sessions.connected_count()
         subs = sum(len(s.subs) for s in self.sessions.sessions.values())
-        topics = sys_topics(totals, self.sessions.connected_count(), len(self.sessions), subs,
-                            len(self.retained), 1, int(time.time() - self.stats.started))
+        rows: dict[int, list[Any]] = {self.index: [counters, connected, len(self.sessions), subs]}
+        if self.cluster is not None:
+            self.cluster.share_stats(counters, connected, len(self.sessions), subs)
+            if self.index != 0:
+                return
+            rows.update(self.cluster.peer_stats)
+        totals = {k: sum(r[0].get(k, 0) for r in rows.values()) for k in counters}
+        topics = sys_topics(totals, sum(r[1] for r in rows.values()),
+                            sum(r[2] for r in rows.values()), sum(r[3] for r in rows.values()),
+                            len(self.retained), self.nworkers, int(time.time() - self.stats.started))
+        for k, r in rows.items():
+            topics[f"$SYS/broker/workers/{k}/clients/connected"] = str(r[1])
         for topic, payload in topics.items():
             msg = Message(topic, payload.encode(), 0, True)
-            self.router.publish(msg)
-            self.retained.set(msg, persist=False)
+            self.publish_local(msg)
+
+    def publish_local(self, msg: Message) -> None:
+        """A broker-made message ($SYS): routed everywhere, retained in memory only."""
+        n, forwards = self.router.publish(msg)
+        if forwards and self.cluster is not None:
+            self.cluster.forward(msg, forwards, False)
+        self.retained.set(msg, persist=False)
+        if self.cluster is not None:
+            self.cluster.retained_changed(msg)
 
 
-def run_worker(cfg: Config, index: int = 0) -> None:
+def run_worker(cfg: Config, index: int = 0, nworkers: int = 1) -> None:
     """Process entry point: uvloop, signals, serve until SIGTERM/SIGINT."""
     import uvloop
 
     async def main() -> None:
-        worker = Worker(cfg, index)
+        worker = Worker(cfg, index, nworkers)
         await worker.start()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

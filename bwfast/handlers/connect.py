@@ -68,20 +68,27 @@ def handle_connect(conn: Connection, p: Any) -> None:
             server_keepalive = keepalive = cfg.max_keepalive  # [MQTT-3.2.2-21]
     conn.keepalive = keepalive
 
-    session, present = worker.sessions.attach(conn, cid, p.clean_start, expiry)
-    session.will = will
-    session.will_delay = p.will_properties.get(c.WILL_DELAY_INTERVAL, 0) if will is not None else 0
-    session.receive_max = cfg.max_inflight
-    session.max_packet = 0
-    if v5:
-        session.receive_max = min(cfg.max_inflight, props.get(c.RECEIVE_MAXIMUM, 65535))
-        session.max_packet = props.get(c.MAXIMUM_PACKET_SIZE, 0)
-        ack_props = _connack_props(conn, assigned, server_keepalive)
-    else:
+    conn.held = []
+
+    def proceed() -> None:
+        if conn.closing:
+            return
+        session, present = worker.sessions.attach(conn, cid, p.clean_start, expiry)
+        session.will = will
+        session.will_delay = p.will_properties.get(c.WILL_DELAY_INTERVAL, 0) if will else 0
+        session.receive_max = cfg.max_inflight
+        session.max_packet = 0
         ack_props = None
-    conn.write(encode_connack(present, c.SUCCESS, conn.version, ack_props))
-    worker.on_connected(conn)
-    session.resume()
+        if v5:
+            session.receive_max = min(cfg.max_inflight, props.get(c.RECEIVE_MAXIMUM, 65535))
+            session.max_packet = props.get(c.MAXIMUM_PACKET_SIZE, 0)
+            ack_props = _connack_props(conn, assigned, server_keepalive)
+        conn.write(encode_connack(present, c.SUCCESS, conn.version, ack_props))
+        worker.on_connected(conn)
+        session.resume()
+        conn.connected()
+
+    worker.claim(cid, p.clean_start, proceed)
 
 
 def _make_will(p: Any) -> Message:

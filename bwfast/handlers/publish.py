@@ -29,24 +29,25 @@ def handle_publish(conn: Connection, p: Any) -> None:
     if qos == 2:
         if pid in session.qos2_in:
             # A resent QoS 2 PUBLISH we already took: acknowledge, never deliver twice [MQTT-4.3.3-10].
-            conn.write(encode_ack(c.PUBREC, pid, 0, version))
+            worker.ack(conn, encode_ack(c.PUBREC, pid, 0, version))
             return
         if len(session.qos2_in) >= worker.cfg.broker.max_inflight:
             raise MQTTError(c.RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded")  # [MQTT-3.3.4-9]
     if topic.startswith("$SYS"):
-        delivered = 0  # clients don't write $SYS; acknowledged and dropped like Mosquitto
+        delivered = seq = 0  # clients don't write $SYS; acknowledged and dropped like Mosquitto
     else:
-        delivered = worker.publish(Message.from_publish(topic, p, session.client_id, worker.wall))
+        msg = Message.from_publish(topic, p, session.client_id, worker.wall)
+        delivered, seq = worker.publish(msg, qos > 0)
     if qos == 0:
         return
     rc = c.NO_MATCHING_SUBSCRIBERS if delivered == 0 and version == c.MQTT5 else c.SUCCESS
     if qos == 1:
-        worker.ack(conn, encode_ack(c.PUBACK, pid, rc, version))
+        worker.ack(conn, encode_ack(c.PUBACK, pid, rc, version), None, seq)
         return
     session.qos2_in.add(pid)
     if session.persistent:
         worker.store.put("inflight", _pid_key(session.client_id, pid), 1)
-    worker.ack(conn, encode_ack(c.PUBREC, pid, rc, version))
+    worker.ack(conn, encode_ack(c.PUBREC, pid, rc, version), None, seq)
 
 
 def _resolve_alias(conn: Connection, topic: str, props: dict) -> str:

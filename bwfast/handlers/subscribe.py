@@ -26,7 +26,6 @@ def handle_subscribe(conn: Connection, p: Any) -> None:
             sub_id = ids[0]
     codes: list[int] = []
     retained: list[tuple[str, SubOpts]] = []
-    router = worker.router
     for filt, options in p.topics:
         if not valid_filter(filt):
             codes.append(c.TOPIC_FILTER_INVALID if v5 else c.V3_SUBACK_FAILURE)
@@ -40,14 +39,16 @@ def handle_subscribe(conn: Connection, p: Any) -> None:
             opts.rh = 0
         existed = filt in session.subs
         session.subs[filt] = opts
-        router.subscribe(session, filt, opts)
+        worker.subscribe(session, filt, opts)
         codes.append(opts.qos)
         # [MQTT-3.3.1-9, 3.8.4]: retained messages per retain handling; none for shared subs.
         if not shared and (opts.rh == 0 or (opts.rh == 1 and not existed)):
             retained.append((filt, opts))
     worker.sessions.save(session)
+    # [MQTT-3.8.4-1..]: SUBACK once every peer worker routes the new filters to us.
+    seq = worker.announce_routes()
     data = encode_suback(p.packet_id, codes, conn.version)
-    worker.ack(conn, data, lambda: _send_retained(session, retained) if retained else None)
+    worker.ack(conn, data, (lambda: _send_retained(session, retained)) if retained else None, seq)
 
 
 def _send_retained(session: Session, subs: list[tuple[str, SubOpts]]) -> None:
@@ -74,7 +75,8 @@ def handle_unsubscribe(conn: Connection, p: Any) -> None:
         if session.subs.pop(filt, None) is None:
             codes.append(c.NO_SUBSCRIPTION_EXISTED)
             continue
-        worker.router.unsubscribe(session, filt)
+        worker.unsubscribe(session, filt)
         codes.append(c.SUCCESS)
     worker.sessions.save(session)
+    worker.announce_routes()
     worker.ack(conn, encode_unsuback(p.packet_id, codes if v5 else [], conn.version))

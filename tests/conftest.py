@@ -159,6 +159,8 @@ class Broker:
             "log_type all",
             "set_tcp_nodelay true",
         ]
+        if os.geteuid() == 0:  # else mosquitto drops to a user that can't write data_dir
+            lines.append("user root")
         for key, value in self.conf.items():
             mapped = _MOSQUITTO_KEYS.get(key)
             if mapped:

@@ -716,14 +716,44 @@ class RawClient:
             self.send(pubcomp(msg.pid, version=self.version))
 
     def receive(self, n: int, timeout: float = DEFAULT_TIMEOUT, *, ack: bool = True) -> list[Publish]:
-        """Receive n PUBLISH packets (acknowledging them unless ack=False)."""
-        out = []
+        """Receive n PUBLISH packets, acknowledging them unless ack=False. With ack,
+        QoS 2 handshakes are completed too (PUBREC, then PUBCOMP for each PUBREL),
+        whatever order the broker interleaves them in; PUBLISHes beyond n that arrive
+        meanwhile are kept for the next call."""
+        out: list[Publish] = []
+        extra: list[Packet] = []
+        awaiting_rel: set[int] = set()
         deadline = time.monotonic() + timeout
-        for _ in range(n):
-            msg = self.expect_publish(max(0.01, deadline - time.monotonic()))
-            if ack:
-                self.ack(msg)
-            out.append(msg)
+        try:
+            while len(out) < n or awaiting_rel:
+                left = max(0.01, deadline - time.monotonic())
+                try:
+                    p = self.recv_packet(left)
+                except TimeoutError:
+                    raise AssertionError(
+                        f"got {len(out)} of {n} PUBLISHes within {timeout}s "
+                        f"(PUBREL still due for {sorted(awaiting_rel)}): {out}") from None
+                except ConnectionClosed:
+                    raise AssertionError(f"connection closed after {len(out)} of {n}") from None
+                if p.ptype == PUBREL and ack:
+                    pid = parse_ack(p, self.version).pid
+                    assert pid in awaiting_rel, f"PUBREL for unknown packet id {pid}"
+                    awaiting_rel.discard(pid)
+                    self.send(pubcomp(pid, version=self.version))
+                    continue
+                if len(out) >= n:
+                    extra.append(p)
+                    continue
+                msg = parse_publish(p, self.version)
+                if ack and msg.pid is not None:
+                    if msg.qos == 1:
+                        self.send(puback(msg.pid, version=self.version))
+                    else:
+                        self.send(pubrec(msg.pid, version=self.version))
+                        awaiting_rel.add(msg.pid)
+                out.append(msg)
+        finally:
+            self.pending = extra + self.pending
         return out
 
     def collect_until(self, topic: str, timeout: float = DEFAULT_TIMEOUT) -> list[Publish]:

@@ -21,6 +21,7 @@ worker) says which worker holds a client's session.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -57,6 +58,8 @@ class Cluster:
         self.takes: dict[int, tuple[Callable[[bool], None], float]] = {}
         self.peer_stats: dict[int, list] = {}
         self.forwarded = 0
+        self.hellos: set[int] = set()
+        self.ready = asyncio.Event()  # every peer linked both ways and its routes known
         self.handlers: dict[str, Callable[[list], None]] = {
             "hello": self._on_hello, "r+": self._on_route_add, "ra": self._on_answer,
             "r-": self._on_route_remove, "pub": self._on_pub, "done": self._on_answer,
@@ -89,8 +92,21 @@ class Cluster:
             return self.index == 0
         return bool(owner == self.index)
 
-    async def start(self) -> None:
+    async def start(self, timeout: float = 5.0) -> None:
+        """Link up with every peer before serving clients, so the first SUBACK already
+        has every peer's routes behind it (peers still down after ``timeout`` read
+        ours from LMDB when they come up)."""
         await self.bus.start()
+        try:
+            await asyncio.wait_for(self.ready.wait(), timeout)
+        except TimeoutError:
+            down = [p for p in self.bus.peers if not self.bus.is_up(p) or p not in self.hellos]
+            log.warning("workers %s not linked after %.0f s; serving anyway", down, timeout)
+
+    def _check_ready(self) -> None:
+        if not self.ready.is_set() and len(self.hellos) == len(self.bus.peers) and all(
+                self.bus.is_up(p) for p in self.bus.peers):
+            self.ready.set()
 
     def close(self) -> None:
         self.bus.close()
@@ -102,9 +118,12 @@ class Cluster:
 
     def on_peer_up(self, peer: int) -> None:
         self.bus.send(peer, ["hello", self.index, list(self.worker.router.local_routes)])
+        self._check_ready()
 
     def _on_hello(self, f: list) -> None:
         self.worker.router.replace_peer_routes(f[1], f[2])
+        self.hellos.add(f[1])
+        self._check_ready()
 
     def _on_route_add(self, f: list) -> None:
         for filt in f[2]:

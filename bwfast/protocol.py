@@ -78,15 +78,15 @@ class Connection(asyncio.Protocol):
             for p in packets:
                 if self.closing:
                     return
-                if self.session is None:
-                    if self.held is not None:
-                        # CONNECT waits for another worker to let go of the session.
-                        self.held.append(p)
-                        continue
-                    if p.type != CONNECT:
-                        # [MQTT-3.1.0-1]: the first packet must be CONNECT.
-                        self.close()
-                        return
+                if self.held is not None:
+                    # CONNECT is still in progress (another worker letting go of the
+                    # session, routes being applied): keep the rest for afterwards.
+                    self.held.append(p)
+                    continue
+                if self.session is None and p.type != CONNECT:
+                    # [MQTT-3.1.0-1]: the first packet must be CONNECT.
+                    self.close()
+                    return
                 handlers[p.type](self, p)
         except MQTTError as e:
             self.fail(e)

@@ -83,10 +83,16 @@ def handle_connect(conn: Connection, p: Any) -> None:
             session.receive_max = min(cfg.max_inflight, props.get(c.RECEIVE_MAXIMUM, 65535))
             session.max_packet = props.get(c.MAXIMUM_PACKET_SIZE, 0)
             ack_props = _connack_props(conn, assigned, server_keepalive)
-        conn.write(encode_connack(present, c.SUCCESS, conn.version, ack_props))
-        worker.on_connected(conn)
-        session.resume()
-        conn.connected()
+        # CONNACK once the session is durable and every worker routes its
+        # subscriptions here; only then may anything else go to the client.
+        seq = worker.announce_routes()
+
+        def connected() -> None:
+            worker.on_connected(conn)
+            session.resume()
+            conn.connected()
+
+        worker.ack(conn, encode_connack(present, c.SUCCESS, conn.version, ack_props), connected, seq)
 
     worker.claim(cid, p.clean_start, proceed)
 

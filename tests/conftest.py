@@ -171,8 +171,15 @@ class Broker:
         if MOSQUITTO:
             return ["mosquitto", "-c", str(self.conf_path)]
         return [
-            sys.executable, "-m", "bwfast", "--config", str(self.conf_path),
-            "--data-dir", str(self.data_dir), "--port", str(self.port),
+            sys.executable,
+            "-m",
+            "bwfast",
+            "--config",
+            str(self.conf_path),
+            "--data-dir",
+            str(self.data_dir),
+            "--port",
+            str(self.port),
         ]
 
     # -- lifecycle
@@ -183,8 +190,12 @@ class Broker:
         log.write(f"\n=== start {time.strftime('%H:%M:%S')} {' '.join(self.command())}\n".encode())
         log.flush()
         self.proc = subprocess.Popen(
-            self.command(), cwd=self.root, stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
+            self.command(),
+            cwd=self.root,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
         log.close()
         deadline = time.monotonic() + READY_TIMEOUT
@@ -197,8 +208,9 @@ class Broker:
             except OSError:
                 time.sleep(0.05)
         self.kill9()
-        raise RuntimeError(f"broker not accepting on {self.port} within {READY_TIMEOUT}s:\n"
-                           f"{self.log_tail()}")
+        raise RuntimeError(
+            f"broker not accepting on {self.port} within {READY_TIMEOUT}s:\n{self.log_tail()}"
+        )
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -262,8 +274,9 @@ def workers(request: pytest.FixtureRequest) -> int:
     return int(request.param)
 
 
-def _shared(tmp_path_factory: pytest.TempPathFactory, name: str, conf: dict[str, Any],
-            workers: int) -> Iterator[Broker]:
+def _shared(
+    tmp_path_factory: pytest.TempPathFactory, name: str, conf: dict[str, Any], workers: int
+) -> Iterator[Broker]:
     b = Broker(tmp_path_factory.mktemp(name), conf, workers).start()
     SHARED_BROKERS.append(b)
     yield b
@@ -284,8 +297,9 @@ def limits_broker(workers: int, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 
 @pytest.fixture
-def make_broker(workers: int, tmp_path: Path, request: pytest.FixtureRequest
-                ) -> Iterator[Callable[..., Broker]]:
+def make_broker(
+    workers: int, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., Broker]]:
     """Factory for a private, started broker with config overrides."""
     made: list[Broker] = []
 
@@ -315,7 +329,9 @@ def _watch_shared_brokers(request: pytest.FixtureRequest) -> Iterator[None]:
         b.kill9()
         b.start()
     if dead:
-        pytest.fail(f"shared broker died during the test (exit {[b.proc and b.proc.returncode for b in dead]})")
+        pytest.fail(
+            f"shared broker died during the test (exit {[b.proc and b.proc.returncode for b in dead]})"
+        )
 
 
 @pytest.fixture(params=[V311, V5], ids=["v311", "v5"])
@@ -349,20 +365,40 @@ class Clients:
         self._open.append(c)
         return c
 
-    def raw_connected(self, version: int = V311, client_id: str | None = None, *,
-                      broker: Broker | None = None, **kw: Any) -> RawClient:
+    def raw_connected(
+        self,
+        version: int = V311,
+        client_id: str | None = None,
+        *,
+        broker: Broker | None = None,
+        **kw: Any,
+    ) -> RawClient:
         """A raw client whose CONNECT was accepted."""
         c = self.raw(version, broker=broker)
         ack = c.connect(self.cid() if client_id is None else client_id, **kw)
         assert ack.rc == 0, f"CONNECT refused: {ack}"
         return c
 
-    def paho(self, protocol: int = V311, client_id: str | None = None, *,
-             broker: Broker | None = None, clean: bool = True, connect: bool = True,
-             keepalive: int = 20, session_expiry: int | None = None) -> PahoClient:
+    def paho(
+        self,
+        protocol: int = V311,
+        client_id: str | None = None,
+        *,
+        broker: Broker | None = None,
+        clean: bool = True,
+        connect: bool = True,
+        keepalive: int = 20,
+        session_expiry: int | None = None,
+    ) -> PahoClient:
         b = broker or self.broker
-        c = PahoClient(b.host, b.port, self.cid() if client_id is None else client_id,
-                       protocol=protocol, clean=clean, keepalive=keepalive)
+        c = PahoClient(
+            b.host,
+            b.port,
+            self.cid() if client_id is None else client_id,
+            protocol=protocol,
+            clean=clean,
+            keepalive=keepalive,
+        )
         self._open.append(c)
         if connect:
             sp, rc, _ = c.connect(session_expiry=session_expiry)

@@ -12,7 +12,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,9 +28,21 @@ SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK = 8, 9, 10, 11
 PINGREQ, PINGRESP, DISCONNECT, AUTH = 12, 13, 14, 15
 
 PACKET_NAMES = {
-    1: "CONNECT", 2: "CONNACK", 3: "PUBLISH", 4: "PUBACK", 5: "PUBREC", 6: "PUBREL",
-    7: "PUBCOMP", 8: "SUBSCRIBE", 9: "SUBACK", 10: "UNSUBSCRIBE", 11: "UNSUBACK",
-    12: "PINGREQ", 13: "PINGRESP", 14: "DISCONNECT", 15: "AUTH",
+    1: "CONNECT",
+    2: "CONNACK",
+    3: "PUBLISH",
+    4: "PUBACK",
+    5: "PUBREC",
+    6: "PUBREL",
+    7: "PUBCOMP",
+    8: "SUBSCRIBE",
+    9: "SUBACK",
+    10: "UNSUBSCRIBE",
+    11: "UNSUBACK",
+    12: "PINGREQ",
+    13: "PINGRESP",
+    14: "DISCONNECT",
+    15: "AUTH",
 }
 
 V31, V311, V5 = 3, 4, 5
@@ -66,14 +78,33 @@ SHARED_SUB_AVAILABLE = 0x2A
 
 _BYTE, _U16, _U32, _VARINT, _STR, _BIN, _PAIR = range(7)
 PROPERTY_TYPES: dict[int, int] = {
-    PAYLOAD_FORMAT: _BYTE, MESSAGE_EXPIRY: _U32, CONTENT_TYPE: _STR, RESPONSE_TOPIC: _STR,
-    CORRELATION_DATA: _BIN, SUBSCRIPTION_ID: _VARINT, SESSION_EXPIRY: _U32,
-    ASSIGNED_CLIENT_ID: _STR, SERVER_KEEP_ALIVE: _U16, AUTH_METHOD: _STR, AUTH_DATA: _BIN,
-    REQUEST_PROBLEM_INFO: _BYTE, WILL_DELAY: _U32, REQUEST_RESPONSE_INFO: _BYTE,
-    RESPONSE_INFO: _STR, SERVER_REFERENCE: _STR, REASON_STRING: _STR, RECEIVE_MAXIMUM: _U16,
-    TOPIC_ALIAS_MAXIMUM: _U16, TOPIC_ALIAS: _U16, MAXIMUM_QOS: _BYTE, RETAIN_AVAILABLE: _BYTE,
-    USER_PROPERTY: _PAIR, MAXIMUM_PACKET_SIZE: _U32, WILDCARD_SUB_AVAILABLE: _BYTE,
-    SUB_ID_AVAILABLE: _BYTE, SHARED_SUB_AVAILABLE: _BYTE,
+    PAYLOAD_FORMAT: _BYTE,
+    MESSAGE_EXPIRY: _U32,
+    CONTENT_TYPE: _STR,
+    RESPONSE_TOPIC: _STR,
+    CORRELATION_DATA: _BIN,
+    SUBSCRIPTION_ID: _VARINT,
+    SESSION_EXPIRY: _U32,
+    ASSIGNED_CLIENT_ID: _STR,
+    SERVER_KEEP_ALIVE: _U16,
+    AUTH_METHOD: _STR,
+    AUTH_DATA: _BIN,
+    REQUEST_PROBLEM_INFO: _BYTE,
+    WILL_DELAY: _U32,
+    REQUEST_RESPONSE_INFO: _BYTE,
+    RESPONSE_INFO: _STR,
+    SERVER_REFERENCE: _STR,
+    REASON_STRING: _STR,
+    RECEIVE_MAXIMUM: _U16,
+    TOPIC_ALIAS_MAXIMUM: _U16,
+    TOPIC_ALIAS: _U16,
+    MAXIMUM_QOS: _BYTE,
+    RETAIN_AVAILABLE: _BYTE,
+    USER_PROPERTY: _PAIR,
+    MAXIMUM_PACKET_SIZE: _U32,
+    WILDCARD_SUB_AVAILABLE: _BYTE,
+    SUB_ID_AVAILABLE: _BYTE,
+    SHARED_SUB_AVAILABLE: _BYTE,
 }
 # Properties that may legitimately appear more than once in one packet.
 REPEATABLE = {USER_PROPERTY, SUBSCRIPTION_ID}
@@ -253,7 +284,9 @@ def pubrel(pid: int, *, version: int = V311, rc: int | None = None, props: Props
     return _ack(PUBREL, 0x02, pid, version, rc, props)
 
 
-def pubcomp(pid: int, *, version: int = V311, rc: int | None = None, props: PropsIn = None) -> bytes:
+def pubcomp(
+    pid: int, *, version: int = V311, rc: int | None = None, props: PropsIn = None
+) -> bytes:
     return _ack(PUBCOMP, 0, pid, version, rc, props)
 
 
@@ -264,7 +297,7 @@ def sub_options(qos: int, *, no_local: bool = False, rap: bool = False, rh: int 
 
 def subscribe(
     pid: int,
-    filters: list[tuple[str | bytes, int]],
+    filters: Sequence[tuple[str | bytes, int]] | Sequence[tuple[str, int]],
     *,
     version: int = V311,
     props: PropsIn = None,
@@ -279,7 +312,9 @@ def subscribe(
     return packet(SUBSCRIBE, flags, body)
 
 
-def unsubscribe(pid: int, filters: list[str], *, version: int = V311, props: PropsIn = None) -> bytes:
+def unsubscribe(
+    pid: int, filters: list[str], *, version: int = V311, props: PropsIn = None
+) -> bytes:
     body = u16(pid)
     if version == V5:
         body += encode_properties(props)
@@ -591,7 +626,9 @@ class RawClient:
         except TimeoutError:
             raise AssertionError(f"no {PACKET_NAMES[ptype]} within {timeout}s") from None
         except ConnectionClosed:
-            raise AssertionError(f"connection closed while waiting for {PACKET_NAMES[ptype]}") from None
+            raise AssertionError(
+                f"connection closed while waiting for {PACKET_NAMES[ptype]}"
+            ) from None
         assert p.ptype == ptype, f"expected {PACKET_NAMES[ptype]}, got {p!r}"
         return p
 
@@ -653,7 +690,11 @@ class RawClient:
         return parse_connack(self.expect(CONNACK), self.version)
 
     def subscribe(
-        self, filters: list[tuple[str | bytes, int]] | str, qos: int = 0, *, pid: int = 1,
+        self,
+        filters: Sequence[tuple[str | bytes, int]] | Sequence[tuple[str, int]] | str,
+        qos: int = 0,
+        *,
+        pid: int = 1,
         props: PropsIn = None,
     ) -> Suback:
         if isinstance(filters, str):
@@ -684,13 +725,28 @@ class RawClient:
         return ack
 
     def publish(
-        self, topic: str | bytes, payload: bytes = b"", *, qos: int = 0, retain: bool = False,
-        pid: int = 1, props: PropsIn = None,
+        self,
+        topic: str | bytes,
+        payload: bytes = b"",
+        *,
+        qos: int = 0,
+        retain: bool = False,
+        pid: int = 1,
+        props: PropsIn = None,
     ) -> None:
         """Publish and complete the QoS handshake as the sender (for QoS 0, a PINGREQ
         round trip shows the broker has processed it)."""
-        self.send(publish(topic, payload, qos=qos, retain=retain, pid=pid if qos else None,
-                          version=self.version, props=props))
+        self.send(
+            publish(
+                topic,
+                payload,
+                qos=qos,
+                retain=retain,
+                pid=pid if qos else None,
+                version=self.version,
+                props=props,
+            )
+        )
         if qos == 0:
             self.sync()
         elif qos == 1:
@@ -715,7 +771,9 @@ class RawClient:
             assert rel.pid == msg.pid, "PUBREL must carry the packet id of the PUBLISH it releases"
             self.send(pubcomp(msg.pid, version=self.version))
 
-    def receive(self, n: int, timeout: float = DEFAULT_TIMEOUT, *, ack: bool = True) -> list[Publish]:
+    def receive(
+        self, n: int, timeout: float = DEFAULT_TIMEOUT, *, ack: bool = True
+    ) -> list[Publish]:
         """Receive n PUBLISH packets, acknowledging them unless ack=False. With ack,
         QoS 2 handshakes are completed too (PUBREC, then PUBCOMP for each PUBREL),
         whatever order the broker interleaves them in; PUBLISHes beyond n that arrive
@@ -732,7 +790,8 @@ class RawClient:
                 except TimeoutError:
                     raise AssertionError(
                         f"got {len(out)} of {n} PUBLISHes within {timeout}s "
-                        f"(PUBREL still due for {sorted(awaiting_rel)}): {out}") from None
+                        f"(PUBREL still due for {sorted(awaiting_rel)}): {out}"
+                    ) from None
                 except ConnectionClosed:
                     raise AssertionError(f"connection closed after {len(out)} of {n}") from None
                 if p.ptype == PUBREL and ack:
@@ -804,8 +863,14 @@ class PahoClient:
     """
 
     def __init__(
-        self, host: str, port: int, client_id: str, *, protocol: int = V311,
-        clean: bool = True, keepalive: int = 20,
+        self,
+        host: str,
+        port: int,
+        client_id: str,
+        *,
+        protocol: int = V311,
+        clean: bool = True,
+        keepalive: int = 20,
     ) -> None:
         self.host, self.port, self.protocol, self.keepalive = host, port, protocol, keepalive
         self.clean = clean
@@ -813,8 +878,11 @@ class PahoClient:
         if protocol != V5:
             kwargs["clean_session"] = clean
         self.client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-            protocol=mqtt.MQTTProtocolVersion(protocol), reconnect_on_failure=False, **kwargs,
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=mqtt.MQTTProtocolVersion(protocol),
+            reconnect_on_failure=False,
+            **kwargs,
         )
         self.messages: queue.Queue[Received] = queue.Queue()
         self.connected = threading.Event()
@@ -846,12 +914,23 @@ class PahoClient:
             self._subacks[mid] = [int(c.value) for c in codes] if codes else []
             self._sub_event.notify_all()
 
-    def will(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False,
-             props: Properties | None = None) -> None:
+    def will(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 0,
+        retain: bool = False,
+        props: Properties | None = None,
+    ) -> None:
         self.client.will_set(topic, payload, qos, retain, props)
 
-    def connect(self, *, session_expiry: int | None = None, props: Properties | None = None,
-                timeout: float = DEFAULT_TIMEOUT) -> tuple[bool, int, Any]:
+    def connect(
+        self,
+        *,
+        session_expiry: int | None = None,
+        props: Properties | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> tuple[bool, int, Any]:
         """Connect, start the network thread and wait for CONNACK."""
         kwargs: dict[str, Any] = {}
         if self.protocol == V5:
@@ -866,8 +945,15 @@ class PahoClient:
         assert self.connack is not None
         return self.connack
 
-    def subscribe(self, topic: str, qos: int = 0, *, options: SubscribeOptions | None = None,
-                  props: Properties | None = None, timeout: float = DEFAULT_TIMEOUT) -> list[int]:
+    def subscribe(
+        self,
+        topic: str,
+        qos: int = 0,
+        *,
+        options: SubscribeOptions | None = None,
+        props: Properties | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> list[int]:
         if options is not None:
             rc, mid = self.client.subscribe(topic, options=options, properties=props)
         else:
@@ -887,8 +973,15 @@ class PahoClient:
             assert ok, "no SUBACK/UNSUBACK"
             return self._subacks.pop(mid)
 
-    def publish(self, topic: str, payload: bytes | str = b"", qos: int = 0, retain: bool = False,
-                props: Properties | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def publish(
+        self,
+        topic: str,
+        payload: bytes | str = b"",
+        qos: int = 0,
+        retain: bool = False,
+        props: Properties | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
         """Publish and wait until the QoS handshake is complete (sent, for QoS 0)."""
         info = self.client.publish(topic, payload, qos, retain, props)
         info.wait_for_publish(timeout)
@@ -926,7 +1019,7 @@ class PahoClient:
     def drain(self, seconds: float) -> list[Received]:
         """Everything that arrives within `seconds`."""
         deadline = time.monotonic() + seconds
-        out = []
+        out: list[Received] = []
         while True:
             left = deadline - time.monotonic()
             if left <= 0:

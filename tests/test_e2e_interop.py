@@ -25,9 +25,28 @@ class Sub:
 
     def __init__(self, broker: Broker, topic: str, version: int, *extra: str) -> None:
         self.proc = subprocess.Popen(
-            [*LINE_BUFFERED, "mosquitto_sub", "-h", broker.host, "-p", str(broker.port),
-             "-t", topic, "-q", "1", "-C", "1", "-V", PROTOCOLS[version], "-d", *extra],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            [
+                *LINE_BUFFERED,
+                "mosquitto_sub",
+                "-h",
+                broker.host,
+                "-p",
+                str(broker.port),
+                "-t",
+                topic,
+                "-q",
+                "1",
+                "-C",
+                "1",
+                "-V",
+                PROTOCOLS[version],
+                "-d",
+                *extra,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         self.lines: list[str] = []
         self.subscribed = threading.Event()
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -54,9 +73,22 @@ class Sub:
 
 def _pub(broker: Broker, topic: str, version: int, *args: str) -> None:
     done = subprocess.run(
-        ["mosquitto_pub", "-h", broker.host, "-p", str(broker.port), "-t", topic,
-         "-V", PROTOCOLS[version], *args],
-        capture_output=True, text=True, timeout=10)
+        [
+            "mosquitto_pub",
+            "-h",
+            broker.host,
+            "-p",
+            str(broker.port),
+            "-t",
+            topic,
+            "-V",
+            PROTOCOLS[version],
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -114,9 +146,27 @@ def test_mosquitto_sub_counts(mq: Clients, broker: Broker, version_: int) -> Non
     _require_clients()
     topic = mq.topic("cli-n")
     proc = subprocess.Popen(
-        [*LINE_BUFFERED, "mosquitto_sub", "-h", broker.host, "-p", str(broker.port), "-t",
-         topic, "-q", "1", "-C", "5", "-V", PROTOCOLS[version_], "-d"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            *LINE_BUFFERED,
+            "mosquitto_sub",
+            "-h",
+            broker.host,
+            "-p",
+            str(broker.port),
+            "-t",
+            topic,
+            "-q",
+            "1",
+            "-C",
+            "5",
+            "-V",
+            PROTOCOLS[version_],
+            "-d",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines: list[str] = []
     ready = threading.Event()
 

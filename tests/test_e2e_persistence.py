@@ -35,8 +35,12 @@ def test_retained_survive_sigterm_restart(mq: Clients, make_broker: Callable[...
     t1, t2 = mq.topic("r1"), mq.topic("r2")
     mq.raw_connected(V311, broker=b).publish(t1, b"kept v311", qos=1, retain=True)
     mq.raw_connected(V5, broker=b).publish(
-        t2, b"kept v5", qos=0, retain=True,
-        props={CONTENT_TYPE: "text/plain", USER_PROPERTY: [("k", "v")]})
+        t2,
+        b"kept v5",
+        qos=0,
+        retain=True,
+        props={CONTENT_TYPE: "text/plain", USER_PROPERTY: [("k", "v")]},
+    )
     _restart(b)
     sub = mq.raw_connected(V5, broker=b)
     sub.subscribe(mq.topic("#"), 1)
@@ -49,7 +53,9 @@ def test_retained_survive_sigterm_restart(mq: Clients, make_broker: Callable[...
 
 @pytest.mark.parametrize("version_", [V311, V5], ids=["v311", "v5"])
 def test_persistent_session_survives_sigterm_restart(
-    mq: Clients, make_broker: Callable[..., Broker], version_: int,
+    mq: Clients,
+    make_broker: Callable[..., Broker],
+    version_: int,
 ) -> None:
     """Subscriptions, queued QoS 1/2 messages and an in-flight (unacknowledged) one
     survive a restart; the in-flight one comes back first with DUP=1 [MQTT-4.4.0-1]."""
@@ -77,7 +83,9 @@ def test_persistent_session_survives_sigterm_restart(
     assert sub.receive(1)[0].payload == b"live after restart"
 
 
-def test_v5_session_expiry_survives_restart(mq: Clients, make_broker: Callable[..., Broker]) -> None:
+def test_v5_session_expiry_survives_restart(
+    mq: Clients, make_broker: Callable[..., Broker]
+) -> None:
     """A v5 session with expiry 0 is not restored after a restart; one with a long
     expiry is."""
     b = make_broker()
@@ -179,7 +187,9 @@ def test_kill9_qos2_acknowledged_survives(mq: Clients, make_broker: Callable[...
     sub.expect_nothing(0.5)
 
 
-def test_v5_clean_start_session_survives_restart(mq: Clients, make_broker: Callable[..., Broker]) -> None:
+def test_v5_clean_start_session_survives_restart(
+    mq: Clients, make_broker: Callable[..., Broker]
+) -> None:
     """Clean Start 1 only discards an older session; the new one is kept for its
     Session Expiry Interval [MQTT-3.1.2-23], across a restart too.
 

@@ -19,9 +19,16 @@ def test_compiled_modules_are_used(tmp_path: Path) -> None:
     """bwfast imports the Cython-compiled codec and topic trie, not a Python fallback
     (DESIGN.md: a silent slow fallback must not pass as fast)."""
     done = subprocess.run(
-        [sys.executable, "-c",
-         "import bwfast.packet, bwfast.topics; print(bwfast.packet.__file__, bwfast.topics.__file__)"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=30)
+        [
+            sys.executable,
+            "-c",
+            "import bwfast.packet, bwfast.topics; print(bwfast.packet.__file__, bwfast.topics.__file__)",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert done.returncode == 0, done.stderr
     paths = done.stdout.split()
     assert len(paths) == 2 and all(p.endswith(".so") for p in paths), done.stdout
@@ -63,19 +70,35 @@ def test_restart_after_kill9(mq: Clients, make_broker: Callable[..., Broker]) ->
 
 
 @pytest.mark.bwfast_only
-@pytest.mark.parametrize("conf", [
-    "[broker]\nno_such_key = 1\n",
-    "[broker]\nmax_inflight = lots\n",
-])
+@pytest.mark.parametrize(
+    "conf",
+    [
+        "[broker]\nno_such_key = 1\n",
+        "[broker]\nmax_inflight = lots\n",
+    ],
+)
 def test_bad_config_fails_fast(tmp_path: Path, conf: str) -> None:
     """A bad config exits non-zero at once with one line naming the problem (CONTRACT.md)."""
     path = tmp_path / "broker.conf"
     path.write_text(conf + "[api]\nenabled = false\n")
     started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "bwfast", "--config", str(path), "--data-dir",
-         str(tmp_path / "data"), "--port", "0"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=15)
+        [
+            sys.executable,
+            "-m",
+            "bwfast",
+            "--config",
+            str(path),
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--port",
+            "0",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=15,
+    )
     assert done.returncode != 0
     assert time.monotonic() - started < 10
     output = (done.stderr + done.stdout).lower()

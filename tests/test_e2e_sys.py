@@ -79,8 +79,9 @@ def test_sys_topics_published(watcher: SysWatcher) -> None:
     assert watcher.latest["$SYS/broker/version"].strip()
 
 
-def test_sys_clients_connected_follows_connections(mq: Clients, sys_broker: Broker,
-                                                   watcher: SysWatcher) -> None:
+def test_sys_clients_connected_follows_connections(
+    mq: Clients, sys_broker: Broker, watcher: SysWatcher
+) -> None:
     """clients/connected rises by the clients that connect and falls when they leave."""
     topic = "$SYS/broker/clients/connected"
     watcher.wait("the watcher itself counted", lambda: watcher.number(topic) >= 1)
@@ -93,8 +94,9 @@ def test_sys_clients_connected_follows_connections(mq: Clients, sys_broker: Brok
     watcher.wait(f"connected back to {base}", lambda: watcher.number(topic) == base)
 
 
-def test_sys_message_and_byte_counters(mq: Clients, sys_broker: Broker,
-                                       watcher: SysWatcher) -> None:
+def test_sys_message_and_byte_counters(
+    mq: Clients, sys_broker: Broker, watcher: SysWatcher
+) -> None:
     """messages/bytes received and sent grow by at least what the clients exchanged."""
     names = ["messages/received", "messages/sent", "bytes/received", "bytes/sent"]
     before = {n: watcher.number(f"$SYS/broker/{n}") for n in names}
@@ -106,19 +108,27 @@ def test_sys_message_and_byte_counters(mq: Clients, sys_broker: Broker,
     for i in range(10):
         pub.publish(topic, payload, qos=1, pid=i + 1)
     assert len(sub.receive(10)) == 10
-    wanted = {"messages/received": 10, "messages/sent": 10,
-              "bytes/received": 2000, "bytes/sent": 2000}
-    for n, delta in wanted.items():
-        watcher.wait(f"{n} +{delta}",
-                     lambda n=n, d=delta: watcher.number(f"$SYS/broker/{n}") >= before[n] + d)
+    wanted = {
+        "messages/received": 10,
+        "messages/sent": 10,
+        "bytes/received": 2000,
+        "bytes/sent": 2000,
+    }
+    for name, delta in wanted.items():
+        target = before[name] + delta
+        topic = f"$SYS/broker/{name}"
+        watcher.wait(f"{name} +{delta}", lambda t=topic, v=target: watcher.number(t) >= v)  # type: ignore[misc]
 
 
 def test_sys_published_periodically(watcher: SysWatcher) -> None:
     """With sys_interval = 1 the uptime is re-published every second or so and grows."""
     first_uptime = watcher.number("$SYS/broker/uptime")
     before = watcher.count.get("$SYS/broker/uptime", 0)
-    watcher.wait("two more uptime publications",
-                 lambda: watcher.count["$SYS/broker/uptime"] >= before + 2, timeout=5)
+    watcher.wait(
+        "two more uptime publications",
+        lambda: watcher.count["$SYS/broker/uptime"] >= before + 2,
+        timeout=5,
+    )
     assert watcher.number("$SYS/broker/uptime") > first_uptime
 
 

@@ -58,38 +58,58 @@ def _props(version: int) -> bytes:
 # (id, bytes sent after a successful CONNECT, v5 DISCONNECT reason codes accepted)
 AFTER_CONNECT: list[tuple[str, Builder, set[int]]] = [
     # Remaining Length uses at most 4 bytes (3.1.1 2.2.3 / 5.0 1.5.5)
-    ("remaining_length_5_bytes", lambda v: b"\x30\xff\xff\xff\xff\x01" + b"\x00" * 16,
-     {RC_MALFORMED}),
+    (
+        "remaining_length_5_bytes",
+        lambda v: b"\x30\xff\xff\xff\xff\x01" + b"\x00" * 16,
+        {RC_MALFORMED},
+    ),
     # QoS 3 is malformed [MQTT-3.3.1-4]
     ("publish_qos3", lambda v: _raw_publish(0x06, b"a/b", v), {RC_MALFORMED}),
     # no wildcards in a topic name [MQTT-3.3.2-2]; the spec names no single code
-    ("publish_wildcard_plus", lambda v: publish("a/+/b", b"x", version=v),
-     {RC_TOPIC_NAME_INVALID, RC_PROTOCOL_ERROR, RC_MALFORMED}),
-    ("publish_wildcard_hash", lambda v: publish("a/#", b"x", qos=1, pid=1, version=v),
-     {RC_TOPIC_NAME_INVALID, RC_PROTOCOL_ERROR, RC_MALFORMED}),
+    (
+        "publish_wildcard_plus",
+        lambda v: publish("a/+/b", b"x", version=v),
+        {RC_TOPIC_NAME_INVALID, RC_PROTOCOL_ERROR, RC_MALFORMED},
+    ),
+    (
+        "publish_wildcard_hash",
+        lambda v: publish("a/#", b"x", qos=1, pid=1, version=v),
+        {RC_TOPIC_NAME_INVALID, RC_PROTOCOL_ERROR, RC_MALFORMED},
+    ),
     # ill-formed UTF-8, U+0000 and surrogates are malformed [MQTT-1.5.4-1] [MQTT-1.5.4-2]
     ("topic_invalid_utf8", lambda v: publish(b"a/\xff\xfe", b"x", version=v), {RC_MALFORMED}),
     ("topic_surrogate", lambda v: publish(b"a/\xed\xa0\x80", b"x", version=v), {RC_MALFORMED}),
     ("topic_null_char", lambda v: publish(b"a/\x00b", b"x", version=v), {RC_MALFORMED}),
     # reserved fixed-header flags [MQTT-3.8.1-1] [MQTT-3.10.1-1] [MQTT-3.6.1-1]
-    ("subscribe_flags_0", lambda v: subscribe(1, [("a/b", 0)], version=v, flags=0),
-     {RC_MALFORMED}),
-    ("unsubscribe_flags_0",
-     lambda v: packet(UNSUBSCRIBE, 0, u16(1) + _props(v) + mqtt_str("a/b")), {RC_MALFORMED}),
+    ("subscribe_flags_0", lambda v: subscribe(1, [("a/b", 0)], version=v, flags=0), {RC_MALFORMED}),
+    (
+        "unsubscribe_flags_0",
+        lambda v: packet(UNSUBSCRIBE, 0, u16(1) + _props(v) + mqtt_str("a/b")),
+        {RC_MALFORMED},
+    ),
     ("pubrel_flags_0", lambda v: packet(PUBREL, 0, u16(1)), {RC_MALFORMED}),
     ("pingreq_flags_1", lambda v: b"\xc1\x00", {RC_MALFORMED}),
     # subscription QoS 3 [MQTT-3.8.3-4]; SUBSCRIBE without filters [MQTT-3.8.3-3]
     ("subscribe_qos3", lambda v: subscribe(1, [("a/b", 3)], version=v), {RC_MALFORMED}),
-    ("subscribe_no_filters", lambda v: packet(SUBSCRIBE, 2, u16(1) + _props(v)),
-     {RC_MALFORMED, RC_PROTOCOL_ERROR}),
-    ("unsubscribe_no_filters", lambda v: packet(UNSUBSCRIBE, 2, u16(1) + _props(v)),
-     {RC_MALFORMED, RC_PROTOCOL_ERROR}),
+    (
+        "subscribe_no_filters",
+        lambda v: packet(SUBSCRIBE, 2, u16(1) + _props(v)),
+        {RC_MALFORMED, RC_PROTOCOL_ERROR},
+    ),
+    (
+        "unsubscribe_no_filters",
+        lambda v: packet(UNSUBSCRIBE, 2, u16(1) + _props(v)),
+        {RC_MALFORMED, RC_PROTOCOL_ERROR},
+    ),
     # fields running past the Remaining Length
     ("publish_truncated", lambda v: b"\x30\x01\x00", {RC_MALFORMED}),
     ("topic_longer_than_packet", lambda v: b"\x30\x04\x00\x10ab", {RC_MALFORMED}),
     # QoS > 0 PUBLISH with packet id 0 [MQTT-2.3.1-1]
-    ("publish_packet_id_0", lambda v: publish("a/b", b"x", qos=1, pid=0, version=v),
-     {RC_MALFORMED, RC_PROTOCOL_ERROR}),
+    (
+        "publish_packet_id_0",
+        lambda v: publish("a/b", b"x", qos=1, pid=0, version=v),
+        {RC_MALFORMED, RC_PROTOCOL_ERROR},
+    ),
     # a second CONNECT is a protocol error [MQTT-3.1.0-2]
     ("second_connect", lambda v: connect("again", version=v), {RC_PROTOCOL_ERROR}),
     # reserved packet type 0
@@ -112,10 +132,14 @@ def witness(mq: Clients) -> tuple[RawClient, str]:
     return w, topic
 
 
-@pytest.mark.parametrize(("data", "v5_codes"), [(c[1], c[2]) for c in AFTER_CONNECT],
-                         ids=[c[0] for c in AFTER_CONNECT])
+@pytest.mark.parametrize(
+    ("data", "v5_codes"), [(c[1], c[2]) for c in AFTER_CONNECT], ids=[c[0] for c in AFTER_CONNECT]
+)
 def test_bad_packet_closes_only_that_connection(
-    mq: Clients, version: int, data: Builder, v5_codes: set[int],
+    mq: Clients,
+    version: int,
+    data: Builder,
+    v5_codes: set[int],
     witness: tuple[RawClient, str],
 ) -> None:
     """The broker closes the offending connection (3.1.1 section 4.8), a v5 one after
@@ -152,8 +176,9 @@ BEFORE_CONNECT: list[tuple[str, Builder]] = [
 
 
 @pytest.mark.parametrize("data", [c[1] for c in BEFORE_CONNECT], ids=[c[0] for c in BEFORE_CONNECT])
-def test_bad_first_packet_closes(mq: Clients, version: int, data: Builder,
-                                 witness: tuple[RawClient, str]) -> None:
+def test_bad_first_packet_closes(
+    mq: Clients, version: int, data: Builder, witness: tuple[RawClient, str]
+) -> None:
     """The first packet must be a valid CONNECT [MQTT-3.1.0-1] [MQTT-3.1.4-1]; otherwise
     the connection is closed, at most after a CONNACK refusing it."""
     bad = mq.raw(version)
@@ -184,8 +209,9 @@ def test_packet_over_max_packet_size(mq: Clients, limits_broker: Broker, version
     assert w.receive(1)[0].payload == b"ok"
 
 
-def test_declared_length_over_max_packet_size(mq: Clients, limits_broker: Broker,
-                                              version: int) -> None:
+def test_declared_length_over_max_packet_size(
+    mq: Clients, limits_broker: Broker, version: int
+) -> None:
     """The broker rejects a packet by its declared Remaining Length, without waiting
     for (or buffering) the whole body."""
     bad = mq.raw_connected(version, broker=limits_broker, keepalive=20)

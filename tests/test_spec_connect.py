@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
 from collections.abc import Callable
 
+import pytest
 from conftest import Broker, Clients
 from mqtt_helpers import (
     ASSIGNED_CLIENT_ID,
@@ -17,13 +17,13 @@ from mqtt_helpers import (
     SERVER_KEEP_ALIVE,
     SESSION_EXPIRY,
     TOPIC_ALIAS_MAXIMUM,
-    V31,
     V5,
+    V31,
     V311,
     connect,
     parse_connack,
-    pubrel,
     publish,
+    pubrel,
 )
 
 

@@ -22,7 +22,9 @@ def test_pingreq_gets_pingresp(mq: Clients, version: int) -> None:
     assert (p.flags, p.body) == (0, b"")
 
 
-def test_silent_client_disconnected_after_one_and_a_half_keepalive(mq: Clients, version: int) -> None:
+def test_silent_client_disconnected_after_one_and_a_half_keepalive(
+    mq: Clients, version: int
+) -> None:
     """With keepalive 1 s and no packets, the server closes the connection after
     1.5 s [MQTT-3.1.2-24] (5.0 [MQTT-3.1.2-22]) -- not before the keepalive itself.
     A v5 server may say why first: DISCONNECT 0x8D Keep Alive timeout.

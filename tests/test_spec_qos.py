@@ -178,7 +178,12 @@ def test_dup_redelivery_on_reconnect(mq: Clients, version: int, qos: int) -> Non
     sub = mq.raw(version)
     assert sub.connect(cid, **persistent(version)).session_present is True
     again = sub.expect_publish()
-    assert (again.payload, again.qos, again.pid, again.dup) == (b"redeliver me", qos, first.pid, True)
+    assert (again.payload, again.qos, again.pid, again.dup) == (
+        b"redeliver me",
+        qos,
+        first.pid,
+        True,
+    )
     sub.ack(again)
     pub.publish(topic, b"next", qos=qos)
     nxt = sub.receive(1)[0]

@@ -7,8 +7,9 @@ from conftest import Clients
 from mqtt_helpers import V5, Publish, RawClient, sub_options, subscribe
 
 
-def _retained_then_sentinel(sub: RawClient, flt: str, sentinel: str, qos: int = 1,
-                            options: int | None = None) -> list[Publish]:
+def _retained_then_sentinel(
+    sub: RawClient, flt: str, sentinel: str, qos: int = 1, options: int | None = None
+) -> list[Publish]:
     """Subscribe to flt, then to a topic known to hold a retained message; return what
     arrived before that sentinel (the retained messages for flt)."""
     sub.send(subscribe(11, [(flt, qos if options is None else options)], version=sub.version))
@@ -113,6 +114,7 @@ def test_retained_wildcard_subscribe(mq: Clients, version: int) -> None:
 
 
 # ---- v5 Retain Handling and Retain As Published (5.0 section 3.8.3.1)
+
 
 def test_v5_retain_handling_0_sends_on_every_subscribe(mq: Clients) -> None:
     """Retain Handling 0: retained messages are sent at every subscribe [MQTT-3.3.1-9]."""

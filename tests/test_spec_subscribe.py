@@ -29,8 +29,16 @@ def test_suback_granted_qos(mq: Clients, version: int) -> None:
     """SUBACK returns one code per filter, in order, granting the requested QoS
     [MQTT-3.8.4-5] [MQTT-3.9.3-1]."""
     sub = mq.raw_connected(version)
-    ack = sub.subscribe([(mq.topic("a"), 0), (mq.topic("b"), 1), (mq.topic("c"), 2),
-                         (mq.topic("d/+"), 1), (mq.topic("e/#"), 2)], pid=4321)
+    ack = sub.subscribe(
+        [
+            (mq.topic("a"), 0),
+            (mq.topic("b"), 1),
+            (mq.topic("c"), 2),
+            (mq.topic("d/+"), 1),
+            (mq.topic("e/#"), 2),
+        ],
+        pid=4321,
+    )
     assert ack.codes == [0, 1, 2, 1, 2]
 
 
@@ -72,8 +80,9 @@ def test_suback_invalid_shared_filter(mq: Clients, version: int) -> None:
 def test_suback_shared_filter_granted(mq: Clients, version: int) -> None:
     """A well-formed shared subscription is granted at the requested QoS."""
     sub = mq.raw_connected(version)
-    ack = sub.subscribe([(f"$share/g{mq.uid}/{mq.topic('s')}", 1),
-                         (f"$share/g{mq.uid}/{mq.topic('w')}/#", 2)])
+    ack = sub.subscribe(
+        [(f"$share/g{mq.uid}/{mq.topic('s')}", 1), (f"$share/g{mq.uid}/{mq.topic('w')}/#", 2)]
+    )
     assert ack.codes == [1, 2]
 
 
@@ -140,8 +149,9 @@ WILDCARD_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("flt", "topic", "matches"), WILDCARD_CASES,
-                         ids=[f"{f}~{t}" for f, t, _ in WILDCARD_CASES])
+@pytest.mark.parametrize(
+    ("flt", "topic", "matches"), WILDCARD_CASES, ids=[f"{f}~{t}" for f, t, _ in WILDCARD_CASES]
+)
 def test_wildcard_matching(mq: Clients, version: int, flt: str, topic: str, matches: bool) -> None:
     """'+' matches exactly one level, '#' the rest including the parent (4.7.1)."""
     prefix = mq.topic("w")
@@ -173,7 +183,9 @@ def test_dollar_topics_not_matched_by_wildcards(mq: Clients, version: int) -> No
         live = [m for m in sys_sub.drain(0.2) if not m.retain]
     assert live[0].topic.startswith("$SYS/")
     time.sleep(0.3)
-    leaked = [m.topic for m in hash_sub.drain(0.01) + plus_sub.drain(0.01) if m.topic.startswith("$")]
+    leaked = [
+        m.topic for m in hash_sub.drain(0.01) + plus_sub.drain(0.01) if m.topic.startswith("$")
+    ]
     assert leaked == []
 
 

@@ -14,7 +14,6 @@ from mqtt_helpers import (
     DISCONNECT,
     MAXIMUM_PACKET_SIZE,
     MESSAGE_EXPIRY,
-    PacketTypes,
     PAYLOAD_FORMAT,
     PUBREC,
     RC_MALFORMED,
@@ -29,6 +28,7 @@ from mqtt_helpers import (
     TOPIC_ALIAS_MAXIMUM,
     USER_PROPERTY,
     V5,
+    PacketTypes,
     Publish,
     parse_disconnect,
     persistent,
@@ -216,7 +216,11 @@ def test_subscription_identifiers_overlapping(mq: Clients) -> None:
 
 
 def _forwarded(msg: Publish) -> dict[int, object]:
-    return {k: v for k, v in msg.props.items() if k not in (MESSAGE_EXPIRY, SUBSCRIPTION_ID, TOPIC_ALIAS)}
+    return {
+        k: v
+        for k, v in msg.props.items()
+        if k not in (MESSAGE_EXPIRY, SUBSCRIPTION_ID, TOPIC_ALIAS)
+    }
 
 
 FORWARDED = {
@@ -258,9 +262,19 @@ def test_properties_reach_paho(mq: Clients) -> None:
     sub = mq.paho(V5)
     sub.subscribe(topic, 1)
     pub = mq.paho(V5)
-    pub.publish(topic, b"p", qos=1, props=props_for(
-        PacketTypes.PUBLISH, ContentType="ct", ResponseTopic="rt", CorrelationData=b"cd",
-        PayloadFormatIndicator=0, UserProperty=[("k", "v"), ("k", "w")]))
+    pub.publish(
+        topic,
+        b"p",
+        qos=1,
+        props=props_for(
+            PacketTypes.PUBLISH,
+            ContentType="ct",
+            ResponseTopic="rt",
+            CorrelationData=b"cd",
+            PayloadFormatIndicator=0,
+            UserProperty=[("k", "v"), ("k", "w")],
+        ),
+    )
     p = sub.get().props
     assert (p.ContentType, p.ResponseTopic, p.CorrelationData) == ("ct", "rt", b"cd")
     assert p.UserProperty == [("k", "v"), ("k", "w")]

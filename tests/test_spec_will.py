@@ -18,14 +18,32 @@ from mqtt_helpers import (
 )
 
 
-def _will_client(mq: Clients, version: int, topic: str, payload: bytes, *, cid: str | None = None,
-                 qos: int = 1, retain: bool = False, keepalive: int = 30,
-                 will_props: dict[int, object] | None = None,
-                 props: dict[int, object] | None = None, clean: bool = True) -> RawClient:
+def _will_client(
+    mq: Clients,
+    version: int,
+    topic: str,
+    payload: bytes,
+    *,
+    cid: str | None = None,
+    qos: int = 1,
+    retain: bool = False,
+    keepalive: int = 30,
+    will_props: dict[int, object] | None = None,
+    props: dict[int, object] | None = None,
+    clean: bool = True,
+) -> RawClient:
     c = mq.raw(version)
-    ack = c.connect(cid or mq.cid(), will_topic=topic, will_payload=payload, will_qos=qos,
-                    will_retain=retain, keepalive=keepalive, will_props=will_props, props=props,
-                    clean=clean)
+    ack = c.connect(
+        cid or mq.cid(),
+        will_topic=topic,
+        will_payload=payload,
+        will_qos=qos,
+        will_retain=retain,
+        keepalive=keepalive,
+        will_props=will_props,
+        props=props,
+        clean=clean,
+    )
     assert ack.rc == 0
     return c
 
@@ -118,8 +136,13 @@ def test_v5_will_properties_forwarded(mq: Clients) -> None:
     topic = mq.topic("will")
     sub = mq.raw_connected(V5)
     sub.subscribe(topic, 1)
-    c = _will_client(mq, V5, topic, b"{}", will_props={
-        CONTENT_TYPE: "application/json", USER_PROPERTY: [("k", "v"), ("k", "w")]})
+    c = _will_client(
+        mq,
+        V5,
+        topic,
+        b"{}",
+        will_props={CONTENT_TYPE: "application/json", USER_PROPERTY: [("k", "v"), ("k", "w")]},
+    )
     c.abort()
     msg = sub.receive(1, 3)[0]
     assert msg.props.get(CONTENT_TYPE) == "application/json"
@@ -136,8 +159,9 @@ def test_v5_will_delay(mq: Clients) -> None:
     topic = mq.topic("will")
     sub = mq.paho(V5)
     sub.subscribe(topic, 1)
-    c = _will_client(mq, V5, topic, b"delayed", will_props={WILL_DELAY: 2},
-                     props={SESSION_EXPIRY: 30})
+    c = _will_client(
+        mq, V5, topic, b"delayed", will_props={WILL_DELAY: 2}, props={SESSION_EXPIRY: 30}
+    )
     c.abort()
     started = time.monotonic()
     msg = sub.get(5)
@@ -175,8 +199,9 @@ def test_v5_will_sent_when_session_ends_before_delay(mq: Clients) -> None:
     topic = mq.topic("will")
     sub = mq.paho(V5)
     sub.subscribe(topic, 1)
-    c = _will_client(mq, V5, topic, b"session over", will_props={WILL_DELAY: 30},
-                     props={SESSION_EXPIRY: 0})
+    c = _will_client(
+        mq, V5, topic, b"session over", will_props={WILL_DELAY: 30}, props={SESSION_EXPIRY: 0}
+    )
     started = time.monotonic()
     c.abort()
     assert sub.get(3).payload == b"session over"

@@ -63,12 +63,13 @@ class _OutLink(asyncio.Protocol):
 class Bus:
     def __init__(self, index: int, nworkers: int, run_dir: str,
                  on_frame: Callable[[Any], None], on_peer_up: Callable[[int], None],
-                 request_flush: Callable[[], None]) -> None:
+                 on_peer_down: Callable[[int], None], request_flush: Callable[[], None]) -> None:
         self.index = index
         self.peers = [i for i in range(nworkers) if i != index]
         self.run_dir = run_dir
         self.on_frame = on_frame
         self.on_peer_up = on_peer_up
+        self.on_peer_down = on_peer_down
         self.request_flush = request_flush
         self.links: dict[int, _OutLink] = {}
         self.out: dict[int, list[bytes]] = {p: [] for p in self.peers}
@@ -109,6 +110,7 @@ class Bus:
         if self.links.get(peer) is link:
             del self.links[peer]
             log.info("link to worker %d down; reconnecting", peer)
+            self.on_peer_down(peer)
             if not self.closed:
                 asyncio.get_running_loop().create_task(self._connect(peer))
 

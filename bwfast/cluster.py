@@ -51,9 +51,9 @@ class Cluster:
         self.index = worker.index
         self.nworkers = nworkers
         self.bus = Bus(worker.index, nworkers, os.path.join(worker.cfg.broker.data_dir, "run"),
-                       self.on_frame, self.on_peer_up, worker.schedule_tick)
+                       self.on_frame, self.on_peer_up, self.on_peer_down, worker.schedule_tick)
         self._seq = 0
-        # seq -> [peers still to answer, conn, ack entry, deadline]
+        # seq -> [peers still to answer, conn, ack entry, deadline, is a route announcement]
         self.waiters: dict[int, list] = {}
         self.takes: dict[int, tuple[Callable[[bool], None], float]] = {}
         self.peer_stats: dict[int, list] = {}
@@ -120,6 +120,19 @@ class Cluster:
         self.bus.send(peer, ["hello", self.index, list(self.worker.router.local_routes)])
         self._check_ready()
 
+    def on_peer_down(self, peer: int) -> None:
+        """A peer died: it reads our routes from LMDB when it is back, so route
+        announcements stop waiting for it. Forwarded messages keep waiting: the
+        bus holds them for the restarted peer, which confirms them then."""
+        self.hellos.discard(peer)
+        for seq, w in list(self.waiters.items()):
+            if w[4] and peer in w[0]:
+                w[0].discard(peer)
+                if not w[0]:
+                    del self.waiters[seq]
+                    if w[1] is not None:
+                        self.worker.release(w[1], w[2])
+
     def _on_hello(self, f: list) -> None:
         self.worker.router.replace_peer_routes(f[1], f[2])
         self.hellos.add(f[1])
@@ -153,7 +166,8 @@ class Cluster:
         w[0].discard(f[1])
         if not w[0]:
             del self.waiters[f[2]]
-            self.worker.release(w[1], w[2])
+            if w[1] is not None:
+                self.worker.release(w[1], w[2])
 
     def _on_retained(self, f: list) -> None:
         self.worker.retained.set(Message.from_record(f[1]), persist=False)
@@ -187,7 +201,7 @@ class Cluster:
         self.bus.broadcast(["r+", self.index, filters, seq])
         if not up:
             return 0
-        self.waiters[seq] = [up, None, None, time.monotonic() + CONFIRM_TIMEOUT]
+        self.waiters[seq] = [up, None, None, time.monotonic() + CONFIRM_TIMEOUT, True]
         return seq
 
     def routes_removed(self, filters: list[str]) -> None:
@@ -205,20 +219,21 @@ class Cluster:
             self.bus.send(peer, ["pub", self.index, rec, normal, groups, seq])
         self.forwarded += len(forwards)
         if confirm:
-            self.waiters[seq] = [set(forwards), None, None, time.monotonic() + CONFIRM_TIMEOUT]
+            self.waiters[seq] = [set(forwards), None, None, time.monotonic() + CONFIRM_TIMEOUT,
+                                 False]
         return seq
 
     def retained_changed(self, msg: Message) -> None:
         self.bus.broadcast(["ret", msg.to_record()])
 
-    def attach(self, seq: int, conn: Connection, entry: list) -> None:
-        """Tie an ack entry to a seq's answers (routes applied / message durable)."""
+    def attach(self, seq: int, conn: Connection, entry: list) -> bool:
+        """Tie an ack entry to a seq's answers; False when nothing is awaited any more."""
         w = self.waiters.get(seq)
         if w is None:
-            self.worker.release(conn, entry)
-            return
+            return False
         w[1] = conn
         w[2] = entry
+        return True
 
     def sweep(self) -> None:
         """Answers that never came (a peer died for good): let the acks go."""

@@ -12,6 +12,7 @@ import time
 from typing import TYPE_CHECKING
 
 from bwfast.codes import MQTT5, SESSION_TAKEN_OVER
+from bwfast.message import Message
 from bwfast.session import NEVER_EXPIRES, Session, SubOpts
 
 if TYPE_CHECKING:
@@ -107,7 +108,7 @@ class SessionRegistry:
                 # [MQTT-3.1.3-9]: reconnected within the will delay: no will.
                 session.will_handle.cancel()
                 session.will_handle = None
-                session.will = None
+                self.set_will(session, None)
         if session is not None and clean_start:
             self.destroy(session, publish_will=False)
             session = None
@@ -131,7 +132,7 @@ class SessionRegistry:
         old.session = None
         if session.will is not None and (session.will_delay == 0 or clean_start):
             self.publish_will(session)
-        session.will = None
+        self.set_will(session, None)
         if old.version == MQTT5:
             old.session = session  # lets disconnect() speak v5 once more
             old.disconnect(SESSION_TAKEN_OVER, "session taken over")
@@ -150,7 +151,7 @@ class SessionRegistry:
         session.disconnected_at = now
         if session.will is not None:
             if conn.graceful or not conn.will_on_close:
-                session.will = None
+                self.set_will(session, None)
             elif session.will_delay and session.expiry:
                 delay = min(session.will_delay, session.expiry)
                 session.will_handle = self.worker.loop.call_later(delay, self.publish_will, session)
@@ -163,18 +164,52 @@ class SessionRegistry:
         if session.expiry != NEVER_EXPIRES:
             self._schedule_expiry(session, session.expiry)
 
+    def set_will(self, session: Session, will: Message | None, delay: int = 0,
+                 replace: bool = False) -> None:
+        """Keep the will in LMDB (`wills`) too: a worker that crashed publishes
+        its clients' wills when it is back, and the REST API lists them."""
+        had = session.will is not None
+        session.will = will
+        session.will_delay = delay
+        key = session.client_id.encode()
+        if will is not None:
+            self.worker.store.put("wills", key, {"m": will.to_record(), "d": delay,
+                                                 "t": int(time.time() * 1000)})
+        elif had or replace:  # replace: a CONNECT supersedes any will left from before
+            self.worker.store.delete("wills", key)
+
     def publish_will(self, session: Session) -> None:
         will = session.will
-        session.will = None
+        self.set_will(session, None)
         if session.will_handle is not None:
             session.will_handle.cancel()
             session.will_handle = None
         if will is not None:
-            now = time.time()
-            will.created = now
-            if will.expiry_at < 0:  # the Will's Message Expiry Interval runs from now
-                will.expiry_at = now - will.expiry_at
-            self.worker.publish(will)
+            self._publish_will_message(will)
+
+    def _publish_will_message(self, will: Message) -> None:
+        now = time.time()
+        will.created = now
+        if will.expiry_at < 0:  # the Will's Message Expiry Interval runs from now
+            will.expiry_at = now - will.expiry_at
+        self.worker.publish(will)
+
+    def publish_orphan_wills(self) -> int:
+        """Wills of our clients whose connections died with this worker (kill -9):
+        those connections closed without DISCONNECT, so their wills are due now."""
+        cluster = self.worker.cluster
+        n = 0
+        for key, rec in self.worker.store.items("wills"):
+            cid = key.decode()
+            if cluster is not None and not cluster.owns(cid):
+                continue
+            session = self.sessions.get(cid)
+            if session is not None and session.conn is not None:
+                continue
+            self.worker.store.delete("wills", key)
+            self._publish_will_message(Message.from_record(rec["m"]))
+            n += 1
+        return n
 
     # -- expiry and removal ---------------------------------------------------------------------
     def _schedule_expiry(self, session: Session, delay: float | None) -> None:
@@ -241,6 +276,7 @@ class SessionRegistry:
         now = time.time()
         for session in list(self.sessions.values()):
             if session.conn is not None:
+                self.set_will(session, None)  # not a failure of the client: no will later
                 session.disconnected_at = now
                 conn = session.conn
                 session.conn = None

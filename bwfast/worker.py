@@ -71,6 +71,8 @@ class Worker:
             self.store.commit()
         if self.cluster is not None:
             await self.cluster.start()
+        if self.sessions.publish_orphan_wills():
+            self.schedule_tick()
         b = self.cfg.broker
         server = await self.loop.create_server(
             lambda: Connection(self, "mqtt"), b.host, b.port, reuse_port=True, backlog=4096)
@@ -153,9 +155,8 @@ class Worker:
             entry[1] += 1
             self.store.after_commit(lambda: self.release(conn, entry))
             self.schedule_tick()
-        if seq and self.cluster is not None:
+        if seq and self.cluster is not None and self.cluster.attach(seq, conn, entry):
             entry[1] += 1
-            self.cluster.attach(seq, conn, entry)
         acks = conn.acks
         if entry[1] == 0 and not acks:
             conn.write(data)

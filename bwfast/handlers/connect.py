@@ -74,8 +74,9 @@ def handle_connect(conn: Connection, p: Any) -> None:
         if conn.closing:
             return
         session, present = worker.sessions.attach(conn, cid, p.clean_start, expiry)
-        session.will = will
-        session.will_delay = p.will_properties.get(c.WILL_DELAY_INTERVAL, 0) if will else 0
+        worker.sessions.set_will(
+            session, will, p.will_properties.get(c.WILL_DELAY_INTERVAL, 0) if will else 0,
+            replace=True)
         session.receive_max = cfg.max_inflight
         session.max_packet = 0
         ack_props = None

@@ -750,14 +750,37 @@ class RawClient:
         if qos == 0:
             self.sync()
         elif qos == 1:
-            ack = self.expect_ack(PUBACK)
+            ack = self.expect_holding(PUBACK)
             assert ack.pid == pid and ack.rc < 0x80, f"bad PUBACK {ack}"
         elif qos == 2:
-            rec = self.expect_ack(PUBREC)
+            rec = self.expect_holding(PUBREC)
             assert rec.pid == pid and rec.rc < 0x80, f"bad PUBREC {rec}"
             self.send(pubrel(pid, version=self.version))
-            comp = self.expect_ack(PUBCOMP)
+            comp = self.expect_holding(PUBCOMP)
             assert comp.pid == pid, f"bad PUBCOMP {comp}"
+
+    def expect_holding(self, ptype: int, timeout: float = DEFAULT_TIMEOUT) -> Ack:
+        """Wait for an ack of type ptype; PUBLISHes (for a client subscribed to what it
+        publishes) and PUBRELs arriving first are kept for the next recv_packet."""
+        held: list[Packet] = []
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                p = self._next(ptype, max(0.01, deadline - time.monotonic()))
+                if p.ptype == ptype:
+                    return parse_ack(p, self.version)
+                assert p.ptype in (PUBLISH, PUBREL), f"expected {PACKET_NAMES[ptype]}, got {p!r}"
+                held.append(p)
+        finally:
+            self.pending = held + self.pending
+
+    def _next(self, ptype: int, timeout: float) -> Packet:
+        try:
+            return self.recv_packet(timeout)
+        except TimeoutError:
+            raise AssertionError(f"no {PACKET_NAMES[ptype]} within {timeout}s") from None
+        except ConnectionClosed:
+            raise AssertionError(f"connection closed while waiting for {PACKET_NAMES[ptype]}") from None
 
     def ack(self, msg: Publish) -> None:
         """Acknowledge a received PUBLISH (completing QoS 2 with PUBREC/PUBREL/PUBCOMP)."""
@@ -767,7 +790,7 @@ class RawClient:
         elif msg.qos == 2:
             assert msg.pid is not None
             self.send(pubrec(msg.pid, version=self.version))
-            rel = self.expect_ack(PUBREL)
+            rel = self.expect_holding(PUBREL)
             assert rel.pid == msg.pid, "PUBREL must carry the packet id of the PUBLISH it releases"
             self.send(pubcomp(msg.pid, version=self.version))
 

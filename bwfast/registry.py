@@ -74,6 +74,7 @@ class SessionRegistry:
         for ikey, _ in store.items("inflight", cid.encode() + b"\x00"):
             session.qos2_in.add(int.from_bytes(ikey[-2:], "big"))
         self.sessions[cid] = session
+        self.worker.history.subscriptions_changed(session)
         self._schedule_expiry(session, dc + expiry - now if expiry != NEVER_EXPIRES else None)
         return session
 
@@ -149,6 +150,7 @@ class SessionRegistry:
         session.conn = None
         now = time.time()
         session.disconnected_at = now
+        self.worker.history.disconnected(session.client_id)
         if session.will is not None:
             if conn.graceful or not conn.will_on_close:
                 self.set_will(session, None)
@@ -231,6 +233,7 @@ class SessionRegistry:
         for filt in session.subs:
             worker.unsubscribe(session, filt)
         session.subs.clear()
+        worker.history.subscriptions_changed(session, gone=True)
         session.discard_state()
         if self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]

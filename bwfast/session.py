@@ -88,6 +88,7 @@ class Session:
     def deliver(self, msg: Message, qos: int, retain: bool, sub_ids: list[int] | None) -> None:
         """Hand one message to this session with the subscription's QoS already applied."""
         conn = self.conn
+        self.worker.history.command(self.client_id, msg)
         if qos == 0:
             if conn is not None:
                 self._send(conn, msg.encode(self.version, 0, retain, 0, sub_ids))

@@ -49,6 +49,8 @@ def _check_port(host: str, port: int, what: str) -> None:
 def preflight(cfg: Config) -> None:
     b = cfg.broker
     _check_port(b.host, b.port, "[broker] port")
+    if cfg.api.enabled:
+        _check_port(cfg.api.host, cfg.api.port, "[api] port")
     os.makedirs(b.data_dir, exist_ok=True)
     try:
         Store(b.data_dir, sync=cfg.persistence.sync).close()
@@ -103,6 +105,9 @@ def run(cfg: Config) -> int:
     nworkers = cfg.broker.workers
     ctx = mp.get_context("fork")
     children = [Child(f"worker-{i}", run_worker, (cfg, i, nworkers)) for i in range(nworkers)]
+    if cfg.api.enabled:
+        from api.app import run_api
+        children.append(Child("api", run_api, (cfg, nworkers)))
     stopping = False
 
     def on_signal(signum: int, frame: object) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -17,7 +18,9 @@ from typing import TYPE_CHECKING, Any
 from bwfast import codes as c
 from bwfast.auth import verify_password
 from bwfast.cluster import Cluster
+from bwfast.control import start_control
 from bwfast.handlers import table
+from bwfast.history import FLUSH_INTERVAL, History
 from bwfast.message import Message
 from bwfast.protocol import Connection
 from bwfast.registry import SessionRegistry
@@ -49,6 +52,7 @@ class Worker:
         self.router = Router()
         self.retained = RetainStore(self.store)
         self.sessions = SessionRegistry(self)
+        self.history = History(self.store, index)
         self.cluster: Cluster | None = Cluster(self, nworkers) if nworkers > 1 else None
         self._new_routes: list[str] = []
         self._gone_routes: list[str] = []
@@ -62,6 +66,7 @@ class Worker:
 
     # -- start / stop -----------------------------------------------------------------------
     async def start(self) -> None:
+        self.history.mark_all_inactive()
         n_retained = self.retained.load()
         n_sessions = self.sessions.load()
         if self.cluster is not None:
@@ -73,6 +78,7 @@ class Worker:
             await self.cluster.start()
         if self.sessions.publish_orphan_wills():
             self.schedule_tick()
+        self.servers.append(await start_control(self, os.path.join(self.cfg.broker.data_dir, "run")))
         b = self.cfg.broker
         server = await self.loop.create_server(
             lambda: Connection(self, "mqtt"), b.host, b.port, reuse_port=True, backlog=4096)
@@ -80,6 +86,7 @@ class Worker:
         log.info("worker %d listening on %s:%d (%d retained, %d sessions restored)",
                  self.index, b.host, b.port, n_retained, n_sessions)
         self._every(SCAN_INTERVAL, self._scan)
+        self._every(FLUSH_INTERVAL, self._flush_history)
         if b.sys_interval:
             self._every(b.sys_interval, self._sys_tick)
 
@@ -107,6 +114,8 @@ class Worker:
             conn.will_on_close = False
             conn.disconnect(c.SERVER_SHUTTING_DOWN, "server shutting down")
         self.sessions.shutdown()
+        self.history.flush()
+        self.history.mark_all_inactive()
         self.store.close()
         if self.cluster is not None:
             self.cluster.close()
@@ -130,6 +139,7 @@ class Worker:
 
     def _tick(self) -> None:
         self._tick_scheduled = False
+        self.wall = time.time()
         if self._new_routes or self._gone_routes:
             self.announce_routes()
         if self.store.dirty:
@@ -234,6 +244,12 @@ class Worker:
 
     def on_connected(self, conn: Connection) -> None:
         self.stats.connects += 1
+        self.history.connected(conn)
+
+    def _flush_history(self) -> None:
+        self.history.flush()
+        if self.store.dirty:
+            self.schedule_tick()
 
     # -- periodic jobs -------------------------------------------------------------------------
     def _scan(self) -> None:

@@ -37,6 +37,7 @@ def handle_publish(conn: Connection, p: Any) -> None:
         delivered = seq = 0  # clients don't write $SYS; acknowledged and dropped like Mosquitto
     else:
         msg = Message.from_publish(topic, p, session.client_id, worker.wall)
+        worker.history.event(session.client_id, msg)
         delivered, seq = worker.publish(msg, qos > 0)
     if qos == 0:
         return

@@ -45,6 +45,7 @@ def handle_subscribe(conn: Connection, p: Any) -> None:
         if not shared and (opts.rh == 0 or (opts.rh == 1 and not existed)):
             retained.append((filt, opts))
     worker.sessions.save(session)
+    worker.history.subscriptions_changed(session)
     # [MQTT-3.8.4-1..]: SUBACK once every peer worker routes the new filters to us.
     seq = worker.announce_routes()
     data = encode_suback(p.packet_id, codes, conn.version)
@@ -78,5 +79,6 @@ def handle_unsubscribe(conn: Connection, p: Any) -> None:
         worker.unsubscribe(session, filt)
         codes.append(c.SUCCESS)
     worker.sessions.save(session)
+    worker.history.subscriptions_changed(session)
     worker.announce_routes()
     worker.ack(conn, encode_unsuback(p.packet_id, codes if v5 else [], conn.version))

@@ -1,0 +1,116 @@
+"""What the REST API lists: the device registry, each device's last events and commands.
+
+Kept off the hot path: a publish or a delivery appends one tuple to an
+in-memory ring (the last 10) and marks the device dirty; a timer writes the
+dirty devices to LMDB in one batch every FLUSH_INTERVAL, so the API sees them
+within a second. LMDB records (msgpack), all keyed by client id:
+
+    devices   {"id", "name", "connected": ms, "status": "active"|"inactive",
+               "worker", "listener", "peer", "username", "version"}
+    events    [[topic, payload, ms, qos, retain], ...]  oldest first, at most 10
+    commands  the same, for messages delivered to the device
+    subs      {filter: qos}  every current subscription (persistent or not)
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bwfast.message import Message
+    from bwfast.protocol import Connection
+    from bwfast.session import Session
+    from bwfast.store import Store
+
+RING = 10
+FLUSH_INTERVAL = 0.5
+
+
+class History:
+    __slots__ = ("store", "worker_index", "events", "commands", "dirty_events", "dirty_commands",
+                 "dirty_subs")
+
+    def __init__(self, store: Store, worker_index: int) -> None:
+        self.store = store
+        self.worker_index = worker_index
+        self.events: dict[str, deque] = {}
+        self.commands: dict[str, deque] = {}
+        self.dirty_events: set[str] = set()
+        self.dirty_commands: set[str] = set()
+        self.dirty_subs: dict[str, Session | None] = {}
+
+    # -- hot path: one append each ----------------------------------------------------------------
+    def event(self, cid: str, msg: Message) -> None:
+        ring = self.events.get(cid)
+        if ring is None:
+            ring = self.events[cid] = deque(maxlen=RING)
+        ring.append(msg)
+        self.dirty_events.add(cid)
+
+    def command(self, cid: str, msg: Message) -> None:
+        ring = self.commands.get(cid)
+        if ring is None:
+            ring = self.commands[cid] = deque(maxlen=RING)
+        ring.append(msg)
+        self.dirty_commands.add(cid)
+
+    def subscriptions_changed(self, session: Session, gone: bool = False) -> None:
+        self.dirty_subs[session.client_id] = None if gone else session
+
+    # -- connect / disconnect ------------------------------------------------------------------------
+    def connected(self, conn: Connection) -> None:
+        cid = conn.client_id
+        self.store.put("devices", cid.encode(), {
+            "id": cid, "name": cid, "connected": int(time.time() * 1000), "status": "active",
+            "worker": self.worker_index, "listener": conn.listener, "peer": conn.peer,
+            "username": conn.username, "version": conn.version,
+        })
+
+    def disconnected(self, cid: str) -> None:
+        key = cid.encode()
+        rec = self.store.get("devices", key)
+        if rec is not None and rec.get("worker") == self.worker_index:
+            rec["status"] = "inactive"
+            rec["disconnected"] = int(time.time() * 1000)
+            self.store.put("devices", key, rec)
+        self.events.pop(cid, None)
+        self.commands.pop(cid, None)
+
+    def mark_all_inactive(self) -> None:
+        """Start-up/shut-down: whatever this worker had connected is not any more."""
+        now = int(time.time() * 1000)
+        for key, rec in self.store.items("devices"):
+            if rec.get("worker") == self.worker_index and rec.get("status") == "active":
+                rec["status"] = "inactive"
+                rec["disconnected"] = now
+                self.store.put("devices", key, rec)
+
+    # -- the batch ------------------------------------------------------------------------------------
+    def flush(self) -> None:
+        store = self.store
+        if self.dirty_events:
+            for cid in self.dirty_events:
+                self._put_ring(store, "events", cid, self.events.get(cid))
+            self.dirty_events.clear()
+        if self.dirty_commands:
+            for cid in self.dirty_commands:
+                self._put_ring(store, "commands", cid, self.commands.get(cid))
+            self.dirty_commands.clear()
+        if self.dirty_subs:
+            for cid, session in self.dirty_subs.items():
+                if session is None or not session.subs:
+                    store.delete("subs", cid.encode())
+                else:
+                    store.put("subs", cid.encode(), {f: o.qos for f, o in session.subs.items()})
+            self.dirty_subs.clear()
+
+    @staticmethod
+    def _put_ring(store: Store, db: str, cid: str, ring: deque | None) -> None:
+        if not ring:
+            return
+        key = cid.encode()
+        old = store.get(db, key) or []
+        rows = old + [[m.topic, m.payload, int(m.created * 1000), m.qos, m.retain] for m in ring]
+        store.put(db, key, rows[-RING:])
+        ring.clear()

@@ -106,8 +106,12 @@ def run(cfg: Config) -> int:
     ctx = mp.get_context("fork")
     children = [Child(f"worker-{i}", run_worker, (cfg, i, nworkers)) for i in range(nworkers)]
     if cfg.api.enabled:
-        from api.app import run_api
-        children.append(Child("api", run_api, (cfg, nworkers)))
+        try:
+            from api.app import run_api
+        except ImportError as e:  # the REST API is optional at run time, never fatal
+            log.error("REST API not started: %s", e)
+        else:
+            children.append(Child("api", run_api, (cfg, nworkers)))
     stopping = False
 
     def on_signal(signum: int, frame: object) -> None:

@@ -21,6 +21,7 @@ from bwfast.cluster import Cluster
 from bwfast.control import start_control
 from bwfast.handlers import table
 from bwfast.history import FLUSH_INTERVAL, History
+from bwfast.listeners import start_listeners
 from bwfast.message import Message
 from bwfast.protocol import Connection
 from bwfast.registry import SessionRegistry
@@ -80,9 +81,7 @@ class Worker:
             self.schedule_tick()
         self.servers.append(await start_control(self, os.path.join(self.cfg.broker.data_dir, "run")))
         b = self.cfg.broker
-        server = await self.loop.create_server(
-            lambda: Connection(self, "mqtt"), b.host, b.port, reuse_port=True, backlog=4096)
-        self.servers.append(server)
+        self.servers.extend(await start_listeners(self))
         log.info("worker %d listening on %s:%d (%d retained, %d sessions restored)",
                  self.index, b.host, b.port, n_retained, n_sessions)
         self._every(SCAN_INTERVAL, self._scan)

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from bwfast import codes as c
 from bwfast.errors import MQTTError
+from bwfast.listeners import identity_username
 from bwfast.message import FORWARDED, Message
 from bwfast.packet import encode_connack
 from bwfast.session import NEVER_EXPIRES
@@ -55,11 +56,20 @@ def handle_connect(conn: Connection, p: Any) -> None:
             return
         will = _make_will(p)
 
-    code = worker.authenticate(conn, p.username, p.password)
+    username = p.username
+    identity = None
+    if worker.cfg.tls.use_identity_as_username and conn.listener in ("tls", "wss"):
+        # Like Mosquitto's use_identity_as_username: the certificate is the credential.
+        identity = identity_username(conn)
+        if identity is None:
+            conn.reject(c.NOT_AUTHORIZED, c.V3_NOT_AUTHORIZED)
+            return
+        username = identity
+    code = 0 if identity is not None else worker.authenticate(conn, username, p.password)
     if code:
         conn.reject(code, c.V5_TO_V3_CONNACK.get(code, c.V3_NOT_AUTHORIZED))
         return
-    conn.username = p.username
+    conn.username = username
 
     keepalive = p.keepalive
     server_keepalive = None

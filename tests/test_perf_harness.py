@@ -1,0 +1,82 @@
+"""The load harness (perf/) measures itself: codec, argument parsing, and short runs
+against its own null sink and forwarder (no broker needed)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from perf import mqtt, scenarios
+from perf.__main__ import overrides, parser
+from perf.brokers import HOST, SinkServer
+
+
+def test_arguments_make_cases() -> None:
+    args = parser().parse_args(["run", "pairwise:qos=1,clients=4", "--broker", "127.0.0.1:1883",
+                                "--payload", "64", "--duration", "2"])
+    case = scenarios.make_case(args.scenario, **overrides(args))
+    assert (case.scenario, case.qos, case.clients, case.payload, case.duration) == (
+        "pairwise", 1, 4, 64, 2.0)
+    assert case.label == "pairwise q1 64B x4"
+    assert scenarios.make_case("latency").rate == 5000
+    assert scenarios.make_case("shared").subs == 4
+    for bad in ("nosuch", "pairwise:colour=red", "pairwise:qos=3"):
+        with pytest.raises(ValueError):
+            scenarios.make_case(bad)
+    cmp_args = parser().parse_args(["compare", "fanin", "cpu", "--quick", "--workers", "1"])
+    assert cmp_args.scenarios == ["fanin", "cpu"] and cmp_args.workers == 1 and cmp_args.quick
+
+
+def test_split_and_uniform_agree_on_any_chunking() -> None:
+    pkts = [mqtt.publish(f"b/x/p/{i:05d}", b"\x07" * 200, 1, i + 1) for i in range(50)]
+    stream = b"".join(pkts)
+    packets, used = mqtt.split(stream)
+    assert used == len(stream) and len(packets) == 50
+    assert mqtt.uniform(stream, len(pkts[0]), mqtt.head_of(pkts[0])) == 50
+    assert mqtt.uniform(stream + mqtt.ack(mqtt.PUBACK, 1), len(pkts[0]),
+                        mqtt.head_of(pkts[0])) == 50
+    assert mqtt.uniform(mqtt.ack(mqtt.PUBACK, 1) + stream, len(pkts[0]),
+                        mqtt.head_of(pkts[0])) == -1
+    rng = random.Random(6)
+    rest, seen = b"", 0
+    pos = 0
+    while pos < len(stream):
+        step = rng.randint(1, 300)
+        found, used = mqtt.split(rest + stream[pos:pos + step])
+        rest = (rest + stream[pos:pos + step])[used:]
+        seen += len(found)
+        pos += step
+    assert seen == 50 and rest == b""
+    (first, start, _), = mqtt.split(pkts[3])[0]
+    pid, at = mqtt.publish_parts(pkts[3], first, start, mqtt.V311)
+    assert pid == 4 and pkts[3][at:] == b"\x07" * 200
+
+
+@pytest.mark.parametrize("qos", [0, 1, 2])
+def test_forwarder_self_test_loses_nothing(qos: int) -> None:
+    case = scenarios.make_case("pairwise", qos=qos, clients=2, procs=1, duration=0.5,
+                               warmup=0.2)
+    with SinkServer("forward") as sink:
+        res = scenarios.run_case(case, HOST, sink.port)
+    assert res["delivered_per_s"] > 1000
+    assert res["lost"] == 0 and res["disconnected"] == 0
+    assert res["received"] == res["sent"] > 0
+
+
+def test_null_sink_ceiling_and_storm() -> None:
+    with SinkServer("null") as sink:
+        pub = scenarios.run_case(scenarios.make_case("pubonly", clients=2, procs=1,
+                                                     duration=0.5, warmup=0.2), HOST, sink.port)
+        storm = scenarios.run_case(scenarios.make_case("connstorm", clients=200, procs=2),
+                                   HOST, sink.port)
+    assert pub["sent_per_s"] > 100_000
+    assert storm["connected"] == 200 and storm["failed"] == 0
+
+
+def test_latency_through_forwarder_is_timestamped() -> None:
+    case = scenarios.make_case("latency", rate=2000, duration=0.5, warmup=0.2)
+    with SinkServer("forward") as sink:
+        res = scenarios.run_case(case, HOST, sink.port)
+    assert res["samples"] > 500
+    assert 0 < res["p50_ms"] <= res["p99_ms"] <= res["max_ms"] < 1000

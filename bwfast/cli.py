@@ -21,9 +21,10 @@ LOG_FORMAT = "%(asctime)s %(processName)s %(levelname)s %(name)s: %(message)s"
 
 
 def passwd_main(argv: Sequence[str]) -> int:
-    """``bwfast passwd``: manage broker users (placeholder)."""
-    print("bwfast passwd: not implemented yet", file=sys.stderr)
-    return EXIT_CONFIG
+    """``bwfast passwd``: manage broker users (bwfast/passwd.py)."""
+    from bwfast.passwd import main as passwd
+
+    return passwd(argv)
 
 
 SUBCOMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"passwd": passwd_main}

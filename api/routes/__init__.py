@@ -1,0 +1,13 @@
+"""One blueprint per area of the REST API (spec/rest-api.txt)."""
+from __future__ import annotations
+
+from sanic import Blueprint
+
+from api.routes.credentials import bp as credentials
+from api.routes.devices import bp as devices
+from api.routes.docs import bp as docs
+from api.routes.graph import bp as graph
+from api.routes.messages import bp as messages
+from api.routes.session import bp as session
+
+BLUEPRINTS: tuple[Blueprint, ...] = (session, messages, credentials, devices, graph, docs)

@@ -1,0 +1,74 @@
+"""LMDB records → the spec's JSON rows (device lists, messages, wills)."""
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from bwfast.store import Store
+
+
+def payload_fields(payload: Any) -> dict[str, Any]:
+    """``message`` as UTF-8 text, or base64 with ``"encoding": "base64"`` (CONTRACT.md)."""
+    if isinstance(payload, str):
+        return {"message": payload}
+    data = bytes(payload) if isinstance(payload, (bytes, bytearray, memoryview)) else b""
+    try:
+        return {"message": data.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"message": base64.b64encode(data).decode("ascii"), "encoding": "base64"}
+
+
+def key_text(key: bytes) -> str:
+    return key.decode("utf-8", errors="replace")
+
+
+def device_names(store: Store) -> dict[str, str]:
+    """client id → device name, for the listings that show both."""
+    names: dict[str, str] = {}
+    for key, rec in store.items("devices"):
+        if isinstance(rec, dict):
+            names[key_text(key)] = str(rec.get("name") or key_text(key))
+    return names
+
+
+def connected_ms(rec: dict[str, Any]) -> int:
+    value = rec.get("connected")
+    return value if isinstance(value, int) else 0
+
+
+def device_row(key: bytes, rec: dict[str, Any]) -> dict[str, Any]:
+    cid = str(rec.get("id") or key_text(key))
+    return {
+        "device_name": str(rec.get("name") or cid),
+        "device_connected_time": connected_ms(rec),
+        "status": "active" if rec.get("status") == "active" else "inactive",
+        "device_id": cid,
+    }
+
+
+def devices(store: Store) -> list[tuple[bytes, dict[str, Any]]]:
+    """Every device ever seen, most recently connected first (as the spec lists them)."""
+    rows = [(k, r) for k, r in store.items("devices") if isinstance(r, dict)]
+    rows.sort(key=lambda kr: (-connected_ms(kr[1]), kr[0]))
+    return rows
+
+
+def message_rows(rows: Any, limit: int) -> list[dict[str, Any]]:
+    """The newest ``limit`` of a history ring (stored oldest first), newest first."""
+    if not isinstance(rows, list):
+        return []
+    out = []
+    for row in reversed(rows[-limit:]):
+        if not isinstance(row, (list, tuple)) or len(row) < 3:
+            continue
+        out.append({**payload_fields(row[1]), "time": row[2], "topic": row[0]})
+    return out
+
+
+def will_row(cid: str, name: str, rec: Any) -> dict[str, Any] | None:
+    """A ``wills`` record: {"m": [topic, payload, qos, retain, ...], "d", "t"}."""
+    m = rec.get("m") if isinstance(rec, dict) else None
+    if not isinstance(m, (list, tuple)) or len(m) < 4:
+        return None
+    return {**payload_fields(m[1]), "device_name": name, "retain": 1 if m[3] else 0,
+            "device_id": cid, "topic": m[0], "QoS": m[2]}

@@ -1,0 +1,141 @@
+"""Links from the API process to each worker's control socket.
+
+``data_dir/run/worker-N.ctl`` (bwfast/control.py) takes msgpack frames
+``["api", id, command, args]`` and answers ``["reply", id, result]`` on the
+same connection. One persistent connection per worker, opened on first use
+and again after the worker restarts; a request that gets no answer within
+the timeout yields ``None`` (the caller answers with the spec's failure, never
+a 5xx).
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+from typing import Any
+
+import msgpack
+
+log = logging.getLogger("bwfast.api.workers")
+
+TIMEOUT = 2.0
+
+
+class WorkerLink:
+    """One worker's control connection and its pending requests."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.writer: asyncio.StreamWriter | None = None
+        self.reader_task: asyncio.Task[None] | None = None
+        self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.ids = itertools.count(1)
+        self.lock = asyncio.Lock()
+
+    async def _connect(self) -> asyncio.StreamWriter:
+        async with self.lock:
+            if self.writer is not None and not self.writer.is_closing():
+                return self.writer
+            reader, writer = await asyncio.open_unix_connection(self.path)
+            self.writer = writer
+            self.reader_task = asyncio.create_task(self._read(reader, writer))
+            return writer
+
+    async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+        try:
+            while data := await reader.read(65536):
+                unpacker.feed(data)
+                for frame in unpacker:
+                    self._answer(frame)
+        except (OSError, ValueError, msgpack.UnpackException) as e:
+            log.warning("control link %s failed: %s", self.path, e)
+        finally:
+            writer.close()
+            if self.writer is writer:
+                self.writer = None
+            self._fail_pending()
+
+    def _answer(self, frame: Any) -> None:
+        if not (isinstance(frame, list) and len(frame) == 3 and frame[0] == "reply"):
+            return
+        fut = self.pending.pop(frame[1], None)
+        if fut is not None and not fut.done():
+            fut.set_result(frame[2] if isinstance(frame[2], dict) else {"ok": False})
+
+    def _fail_pending(self) -> None:
+        pending, self.pending = self.pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_result({"ok": False, "error": "link closed"})
+
+    async def request(self, command: str, args: dict[str, Any],
+                      timeout: float = TIMEOUT) -> dict[str, Any] | None:
+        """The worker's answer, or None when it can't be reached in time."""
+        try:
+            async with asyncio.timeout(timeout):
+                writer = await self._connect()
+                req = next(self.ids)
+                fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+                self.pending[req] = fut
+                try:
+                    writer.write(msgpack.packb(["api", req, command, args], use_bin_type=True))
+                    return await fut
+                finally:
+                    self.pending.pop(req, None)
+        except (OSError, TimeoutError) as e:
+            log.warning("worker at %s did not answer %s: %s", self.path, command,
+                        type(e).__name__)
+            return None
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self.reader_task is not None:
+            self.reader_task.cancel()
+            await asyncio.gather(self.reader_task, return_exceptions=True)
+
+
+class Workers:
+    """All the workers' links, and the commands the routes need."""
+
+    def __init__(self, data_dir: str, nworkers: int) -> None:
+        run_dir = os.path.join(data_dir, "run")
+        self.links = [WorkerLink(os.path.join(run_dir, f"worker-{k}.ctl"))
+                      for k in range(nworkers)]
+        self._next = itertools.count()
+
+    async def send_client(self, clientid: str, hint: int | None, args: dict[str, Any]) -> bool:
+        """Deliver to ``clientid``: ask the worker the registry names first,
+        then (it may have moved, or the record may lag) every other worker."""
+        args = {"clientid": clientid, **args}
+        others = list(range(len(self.links)))
+        if hint is not None and 0 <= hint < len(self.links):
+            answer = await self.links[hint].request("send_client", args)
+            if answer is not None and answer.get("ok"):
+                return True
+            others.remove(hint)
+        answers = await asyncio.gather(*(self.links[k].request("send_client", args)
+                                         for k in others))
+        return any(a is not None and a.get("ok") for a in answers)
+
+    async def send_all(self, args: dict[str, Any]) -> dict[str, Any] | None:
+        """An ordinary publish on one worker (round robin; the next if one is down):
+        it forwards to the others and stores a retained message like any publish."""
+        n = len(self.links)
+        start = next(self._next)
+        for i in range(n):
+            answer = await self.links[(start + i) % n].request("send_all", args)
+            if answer is not None and answer.get("ok"):
+                return answer
+        return None
+
+    async def counts(self) -> list[int | None]:
+        """Connected clients per worker (None where a worker did not answer)."""
+        answers = await asyncio.gather(*(link.request("count", {}) for link in self.links))
+        return [a["count"] if a is not None and a.get("ok") and isinstance(a.get("count"), int)
+                else None for a in answers]
+
+    async def close(self) -> None:
+        await asyncio.gather(*(link.close() for link in self.links))

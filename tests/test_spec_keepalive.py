@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
-from conftest import Clients
+import pytest
+from conftest import Broker, Clients
 from mqtt_helpers import (
     PINGRESP,
     RC_KEEP_ALIVE_TIMEOUT,
+    SERVER_KEEP_ALIVE,
     V5,
     parse_disconnect,
     pingreq,
@@ -51,3 +54,19 @@ def test_activity_keeps_connection_alive(mq: Clients, version: int) -> None:
         time.sleep(0.4)
     assert pinger.is_open()
     assert idle.is_open()
+
+
+@pytest.mark.bwfast_only  # Mosquitto refuses a max_keepalive below 10 s
+def test_v5_server_keep_alive_is_enforced(mq: Clients, make_broker: Callable[..., Broker]) -> None:
+    """With max_keepalive = 1 a v5 client asking for 60 s is told Server Keep Alive 1
+    [MQTT-3.2.2-21] and is then held to it: silent for 1.5 s, it is disconnected."""
+    b = make_broker(max_keepalive=1)
+    c = mq.raw(V5, broker=b)
+    ack = c.connect(mq.cid(), keepalive=60)
+    assert ack.rc == 0 and ack.props.get(SERVER_KEEP_ALIVE) == 1
+    started = time.monotonic()
+    packets = c.wait_closed(3.5)
+    elapsed = time.monotonic() - started
+    assert 1.0 <= elapsed <= 2.6, f"closed after {elapsed:.2f}s for Server Keep Alive 1s"
+    for p in packets:
+        assert parse_disconnect(p, V5).rc == RC_KEEP_ALIVE_TIMEOUT, p

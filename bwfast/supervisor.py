@@ -16,6 +16,8 @@ import time
 from multiprocessing.connection import wait
 from typing import TYPE_CHECKING, Any
 
+from bwfast.config import validate_tls_files
+from bwfast.errors import ConfigError
 from bwfast.store import Store, StoreError
 
 if TYPE_CHECKING:
@@ -49,6 +51,16 @@ def _check_port(host: str, port: int, what: str) -> None:
 def preflight(cfg: Config) -> None:
     b = cfg.broker
     _check_port(b.host, b.port, "[broker] port")
+    if cfg.tls.enabled:
+        _check_port(b.host, cfg.tls.port, "[tls] port")
+    if cfg.websocket.enabled:
+        _check_port(b.host, cfg.websocket.port, "[websocket] port")
+        if cfg.tls.enabled:
+            _check_port(b.host, cfg.websocket.tls_port, "[websocket] tls_port")
+    try:
+        validate_tls_files(cfg)  # a bad cert/key/CA: one line naming the file
+    except ConfigError as e:
+        raise StartupError(str(e)) from e
     if cfg.api.enabled:
         _check_port(cfg.api.host, cfg.api.port, "[api] port")
     os.makedirs(b.data_dir, exist_ok=True)

@@ -76,6 +76,13 @@ AFTER_CONNECT: list[tuple[str, Builder, set[int]]] = [
         lambda v: publish("a/#", b"x", qos=1, pid=1, version=v),
         {RC_TOPIC_NAME_INVALID, RC_PROTOCOL_ERROR, RC_MALFORMED},
     ),
+    # a topic name is at least one character [MQTT-4.7.3-1]; in 5.0 an empty one
+    # without a Topic Alias is a Protocol Error (section 3.3.2.3.4)
+    (
+        "publish_empty_topic",
+        lambda v: publish("", b"x", version=v),
+        {RC_PROTOCOL_ERROR, RC_MALFORMED},
+    ),
     # ill-formed UTF-8, U+0000 and surrogates are malformed [MQTT-1.5.4-1] [MQTT-1.5.4-2]
     ("topic_invalid_utf8", lambda v: publish(b"a/\xff\xfe", b"x", version=v), {RC_MALFORMED}),
     ("topic_surrogate", lambda v: publish(b"a/\xed\xa0\x80", b"x", version=v), {RC_MALFORMED}),

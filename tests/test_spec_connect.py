@@ -9,6 +9,7 @@ from conftest import Broker, Clients
 from mqtt_helpers import (
     ASSIGNED_CLIENT_ID,
     CONNACK,
+    DISCONNECT,
     MAXIMUM_PACKET_SIZE,
     MAXIMUM_QOS,
     RC_UNSUPPORTED_PROTOCOL,
@@ -22,6 +23,7 @@ from mqtt_helpers import (
     V311,
     connect,
     parse_connack,
+    parse_disconnect,
     publish,
     pubrel,
 )
@@ -204,14 +206,26 @@ def test_connack_v5_server_keep_alive(mq: Clients, limits_broker: Broker) -> Non
     assert ack.props.get(SERVER_KEEP_ALIVE) == limits_broker.conf["max_keepalive"]
 
 
-@pytest.mark.bwfast_only
 def test_connack_v5_retain_unavailable(mq: Clients, make_broker: Callable[..., Broker]) -> None:
-    """retain_available = false is announced as Retain Available 0
-    (5.0 section 3.2.2.3.5)."""
+    """retain_available = false is announced as Retain Available 0 (5.0 section
+    3.2.2.3.5); a retained PUBLISH then gets DISCONNECT 0x9A Retain not supported
+    [MQTT-3.2.2-14]."""
     b = make_broker(retain_available=False)
     c = mq.raw(V5, broker=b)
     ack = c.connect(mq.cid())
     assert ack.props.get(RETAIN_AVAILABLE) == 0
+    c.send(publish(mq.topic("r"), b"x", qos=1, retain=True, pid=1, version=V5))
+    packets = c.wait_closed()
+    assert packets and packets[-1].ptype == DISCONNECT, packets
+    assert parse_disconnect(packets[-1], V5).rc == 0x9A
+
+
+def test_username_password_accepted_without_auth(mq: Clients, version: int) -> None:
+    """With authentication off, a CONNECT carrying a username and password is accepted."""
+    c = mq.raw(version)
+    ack = c.connect(mq.cid(), username="someone", password=b"secret")
+    assert ack.rc == 0
+    assert c.is_open()
 
 
 def test_receive_maximum_is_honoured_inbound(mq: Clients) -> None:

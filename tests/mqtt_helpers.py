@@ -780,7 +780,9 @@ class RawClient:
         except TimeoutError:
             raise AssertionError(f"no {PACKET_NAMES[ptype]} within {timeout}s") from None
         except ConnectionClosed:
-            raise AssertionError(f"connection closed while waiting for {PACKET_NAMES[ptype]}") from None
+            raise AssertionError(
+                f"connection closed while waiting for {PACKET_NAMES[ptype]}"
+            ) from None
 
     def ack(self, msg: Publish) -> None:
         """Acknowledge a received PUBLISH (completing QoS 2 with PUBREC/PUBREL/PUBCOMP)."""

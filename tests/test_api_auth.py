@@ -1,0 +1,220 @@
+"""REST API: MQTT credentials (add/edit/remove_auth and `bwfast passwd`)
+enforced by every worker, tokens across an API restart, token expiry, and the
+failed-login lockout. A real broker with [authentication] enabled, 2 workers.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+from mqtt_helpers import V5, V311, RawClient
+from test_api_support import (
+    ADMIN,
+    ADMIN_PASSWORD,
+    BASE,
+    ApiBroker,
+    eventually,
+    fail,
+    start_api_broker,
+    wait_port,
+)
+from test_cluster_support import owner_pid
+
+pytestmark = pytest.mark.bwfast_only
+
+WORKERS = 2
+BAD_CREDENTIALS = {V311: 4, V5: 0x86}  # 3.1.1 return code 4 / v5 0x86 Bad User Name or Password
+TOKEN_INVALID = fail("Invalid Access Token", detail="Invalid token.")
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiBroker]:
+    yield from start_api_broker(tmp_path_factory.mktemp("api_auth"), WORKERS,
+                                **{"authentication.enabled": True})
+
+
+def status(ok: bool, reason: str) -> dict[str, Any]:
+    return {"status": {"bwapi-status-reason": reason,
+                       "bwapi-status": "success" if ok else "fail"}}
+
+
+def connack_per_worker(api: ApiBroker, version: int, user: str | None,
+                       password: str | None) -> dict[int, int]:
+    """CONNECT on every worker (sockets are opened until each worker got one):
+    worker pid → CONNACK code."""
+    codes: dict[int, int] = {}
+    for _attempt in range(60):
+        c = RawClient("127.0.0.1", api.port, version=version)
+        try:
+            pid = owner_pid(api.broker, c.sock)
+            if pid in codes:
+                continue
+            ack = c.connect(f"auth-{uuid.uuid4().hex[:10]}", username=user,
+                            password=None if password is None else password.encode())
+            codes[pid] = ack.rc
+        finally:
+            c.close()
+        if len(codes) == WORKERS:
+            return codes
+    raise AssertionError(f"connections landed on {len(codes)} of {WORKERS} workers only")
+
+
+def assert_connects(api: ApiBroker, user: str, password: str, ok: bool) -> None:
+    for version in (V311, V5):
+        want = 0 if ok else BAD_CREDENTIALS[version]
+        codes = connack_per_worker(api, version, user, password)
+        assert set(codes.values()) == {want}, (version, codes)
+
+
+def test_credentials_enforced_on_every_worker(api: ApiBroker) -> None:
+    user = f"dev-{uuid.uuid4().hex[:6]}-ü"
+    assert_connects(api, user, "pw-1", ok=False)
+    r = api.post("add_auth", username=user, password="pw-1")
+    assert (r.status_code, r.json()) == (
+        200, status(True, f"Added Authentication Credentials. '{user}'"))
+    assert_connects(api, user, "pw-1", ok=True)
+    assert_connects(api, user, "wrong", ok=False)
+
+    r = api.post("add_auth", username=user, password="other")
+    assert (r.status_code, r.json()) == (409, status(False, "Username already exist"))
+    assert_connects(api, user, "pw-1", ok=True)  # unchanged by the refused add
+
+    r = api.post("edit_auth", username=user, new_password="pw-2")
+    assert (r.status_code, r.json()) == (
+        200, status(True, f"Updated Authentication Credentials. '{user}'"))
+    assert_connects(api, user, "pw-1", ok=False)
+    assert_connects(api, user, "pw-2", ok=True)
+
+    r = api.post("remove_auth", username=user, password="pw-1")  # not the user's password
+    assert (r.status_code, r.json()) == (404, status(False, "This username does not exist."))
+    r = api.post("remove_auth", username=user, password="pw-2")
+    assert (r.status_code, r.json()) == (
+        200, status(True, f"Removed Authentication Credentials. '{user}'"))
+    assert_connects(api, user, "pw-2", ok=False)
+
+
+def test_credential_failures(api: ApiBroker) -> None:
+    ghost = f"ghost-{uuid.uuid4().hex[:6]}"
+    r = api.post("remove_auth", username=ghost)
+    assert (r.status_code, r.json()) == (404, status(False, "This username does not exist."))
+    r = api.post("edit_auth", username=ghost, new_password="x")
+    assert (r.status_code, r.json()) == (
+        404, status(False, f"Failed to update Authentication Credentials. '{ghost}'"))
+    cases: list[tuple[str, dict[str, Any], str]] = [
+        ("add_auth", {"password": "p"}, "username"),
+        ("add_auth", {"username": ghost}, "password"),
+        ("add_auth", {"username": ghost, "password": ""}, "password"),
+        ("add_auth", {"username": 12, "password": "p"}, "username"),
+        ("add_auth", {"username": "a\x00b", "password": "p"}, "username"),
+        ("add_auth", {"username": ghost, "password": ["p"]}, "password"),
+        ("edit_auth", {"username": ghost}, "new_password"),
+        ("edit_auth", {"new_password": "x"}, "username"),
+        ("remove_auth", {}, "username"),
+        ("remove_auth", {"username": {"a": 1}}, "username"),
+    ]
+    for path, fields, name in cases:
+        r = api.post(path, **fields)
+        assert r.status_code == 400, (path, fields, r.text)
+        body = r.json()
+        assert (body["bwapi-status"], body["bwapi-status-reason"]) == (
+            "fail", f"Missing parameter:{name}"), (path, fields)
+    # form fields work too, and `password` is accepted for edit_auth's new_password
+    r = api.http.post(f"{BASE}/add_auth", headers=api.auth(),
+                      data={"username": ghost, "password": "p1"})
+    assert r.status_code == 200, r.text
+    r = api.post("edit_auth", username=ghost, password="p2")
+    assert r.status_code == 200, r.text
+    assert_connects(api, ghost, "p2", ok=True)
+    assert api.post("remove_auth", username=ghost).status_code == 200
+
+
+def _passwd(api: ApiBroker, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bwfast", "passwd", "--data-dir", str(api.data_dir), *args],
+        input=stdin, capture_output=True, text=True, timeout=30, cwd=api.broker.root)
+
+
+def test_passwd_cli_while_the_broker_runs(api: ApiBroker) -> None:
+    user = f"cli-{uuid.uuid4().hex[:6]}"
+    r = _passwd(api, "add", user, "--password", "first")
+    assert r.returncode == 0, r.stderr
+    assert "first" not in r.stdout + r.stderr
+    assert_connects(api, user, "first", ok=True)
+    assert _passwd(api, "add", user, "--password", "again").returncode == 1
+    assert user in _passwd(api, "list").stdout.split()
+    r = _passwd(api, "set", user, stdin="second\n")  # password from stdin, not argv
+    assert r.returncode == 0, r.stderr
+    assert_connects(api, user, "first", ok=False)
+    assert_connects(api, user, "second", ok=True)
+    # the API sees the CLI's users and the other way round
+    assert api.post("add_auth", username=user, password="x").status_code == 409
+    assert _passwd(api, "remove", user).returncode == 0
+    assert_connects(api, user, "second", ok=False)
+    assert _passwd(api, "remove", user).returncode == 1
+    assert _passwd(api, "add", "", "--password", "x").returncode == 2
+    assert _passwd(api, "frobnicate").returncode == 2
+
+
+def test_tokens_survive_an_api_restart(api: ApiBroker) -> None:
+    keep, revoked = api.login(), api.login()
+    assert api.post("logout", revoked).status_code == 200
+    user = f"persist-{uuid.uuid4().hex[:6]}"
+    assert api.post("add_auth", username=user, password="pw").status_code == 200
+    pids = api.api_pids()
+    old = pids[-1]
+    log_before = api.broker.log_path.read_text()
+    started = time.monotonic()
+    os.kill(old, signal.SIGTERM)  # only the api child; the supervisor restarts it
+    eventually(lambda: len(api.api_pids()) > len(pids), timeout=10)
+    stopped = time.monotonic() - started
+    new_log = api.broker.log_path.read_text()[len(log_before):]
+    assert "api exited with 0" in new_log, new_log
+    assert stopped < 3.0
+    wait_port(api.api_port)
+    api.http.close()
+    api.http = httpx.Client(base_url=api.url, timeout=10.0)
+    assert api.get("connected_devices", keep).status_code == 200
+    r = api.get("connected_devices", revoked)
+    assert (r.status_code, r.json()) == (401, TOKEN_INVALID)
+    assert api.post("remove_auth", username=user).status_code == 200  # still there
+
+
+def test_ten_failed_logins_lock_the_address_out(api: ApiBroker) -> None:
+    """From 127.0.0.2 so that the other tests' address (127.0.0.1) stays usable."""
+    transport = httpx.HTTPTransport(local_address="127.0.0.2")
+    with httpx.Client(base_url=api.url, transport=transport, timeout=10.0) as other:
+        for _ in range(10):
+            r = other.post(f"{BASE}/login", json={"username": ADMIN, "password": "guess"})
+            assert (r.status_code, r.json()) == (401, fail("Invalid Login"))
+        good = {"username": ADMIN, "password": ADMIN_PASSWORD}
+        r = other.post(f"{BASE}/login", json=good)
+        assert (r.status_code, r.json()) == (429, fail("Too many failed logins"))
+        assert 0 < int(r.headers["retry-after"]) <= 60
+    r = api.http.post(f"{BASE}/login", json=good)
+    assert r.status_code == 200
+
+
+@pytest.fixture(scope="module")
+def short_ttl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiBroker]:
+    yield from start_api_broker(tmp_path_factory.mktemp("api_ttl"), 1,
+                                **{"api.token_ttl": 2})
+
+
+def test_expired_token_is_refused(short_ttl: ApiBroker) -> None:
+    token = short_ttl.login()
+    exp = jwt.decode(token, options={"verify_signature": False})["exp"]
+    assert exp - time.time() <= 2
+    assert short_ttl.get("connected_devices", token).status_code == 200
+    time.sleep(max(0.0, exp - time.time()) + 0.2)
+    r = short_ttl.get("connected_devices", token)
+    assert (r.status_code, r.json()) == (401, TOKEN_INVALID)

@@ -42,7 +42,8 @@ SANIC_REASONS = {
     404: "Unknown endpoint",
     405: "Method not allowed",
     408: "Request timeout",
-    413: "Request body too large",
+    413: "Request too large",
+    414: "Request too large",
     417: "Expectation failed",
 }
 

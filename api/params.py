@@ -79,7 +79,7 @@ class Params:
         return None
 
     def text(self, name: str, *, required: bool = True, allow_empty: bool = False,
-             no_nul: bool = False) -> str | None:
+             no_nul: bool = False, max_bytes: int = MAX_TEXT) -> str | None:
         """A string field; absent (or empty, unless allowed) counts as missing."""
         found = self.raw(name)
         if found is None:
@@ -93,8 +93,8 @@ class Params:
             if required:
                 raise BadParameter(name, f"{name} must not be empty")
             return None
-        if not _utf8(value) or len(value.encode("utf-8")) > MAX_TEXT:
-            raise BadParameter(name, f"{name} must be valid UTF-8 of at most {MAX_TEXT} bytes")
+        if not _utf8(value) or len(value.encode("utf-8")) > max_bytes:
+            raise BadParameter(name, f"{name} must be valid UTF-8 of at most {max_bytes} bytes")
         if no_nul and "\x00" in value:
             raise BadParameter(name, f"{name} must not contain U+0000")  # [MQTT-1.5.4-2]
         return value

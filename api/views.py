@@ -18,6 +18,16 @@ def payload_fields(payload: Any) -> dict[str, Any]:
         return {"message": base64.b64encode(data).decode("ascii"), "encoding": "base64"}
 
 
+# LMDB refuses longer keys (mdb_env_get_maxkeysize); nothing is stored under one.
+MAX_KEY = 511
+
+
+def lookup(store: Store, db: str, text: str) -> Any:
+    """The record of ``db`` under a client id or username; None if there is none."""
+    key = text.encode("utf-8")
+    return None if len(key) > MAX_KEY else store.get(db, key)
+
+
 def key_text(key: bytes) -> str:
     return key.decode("utf-8", errors="replace")
 

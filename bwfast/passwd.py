@@ -26,6 +26,7 @@ from bwfast.store import Store
 
 EXIT_OK, EXIT_USER, EXIT_USAGE = 0, 1, 2
 MAX_TEXT = 65535  # MQTT UTF-8 string length [MQTT-1.5.4]
+MAX_USERNAME = 511  # the longest key LMDB holds (mdb_env_get_maxkeysize)
 
 
 class UsageError(Exception):
@@ -51,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_text(what: str, value: str) -> str:
+def _check_text(what: str, value: str, limit: int = MAX_TEXT) -> str:
     """An MQTT UTF-8 string without U+0000 [MQTT-1.5.4-2]."""
     if not value:
         raise UsageError(f"{what} must not be empty")
@@ -61,8 +62,8 @@ def _check_text(what: str, value: str) -> str:
         size = len(value.encode("utf-8"))
     except UnicodeEncodeError as e:
         raise UsageError(f"{what} is not valid UTF-8") from e
-    if size > MAX_TEXT:
-        raise UsageError(f"{what} is longer than {MAX_TEXT} bytes")
+    if size > limit:
+        raise UsageError(f"{what} is longer than {limit} bytes")
     return value
 
 
@@ -91,7 +92,7 @@ def run(ns: argparse.Namespace) -> int:
             for key, _ in store.items("auth"):
                 print(key.decode("utf-8", errors="replace"))
             return EXIT_OK
-        user = _check_text("username", ns.user)
+        user = _check_text("username", ns.user, MAX_USERNAME)
         key = user.encode("utf-8")
         exists = store.get("auth", key) is not None
         if ns.action == "remove":

@@ -116,6 +116,7 @@ def test_credential_failures(api: ApiBroker) -> None:
         ("add_auth", {"username": ghost, "password": ""}, "password"),
         ("add_auth", {"username": 12, "password": "p"}, "username"),
         ("add_auth", {"username": "a\x00b", "password": "p"}, "username"),
+        ("add_auth", {"username": "u" * 600, "password": "p"}, "username"),
         ("add_auth", {"username": ghost, "password": ["p"]}, "password"),
         ("edit_auth", {"username": ghost}, "new_password"),
         ("edit_auth", {"new_password": "x"}, "username"),
@@ -162,6 +163,7 @@ def test_passwd_cli_while_the_broker_runs(api: ApiBroker) -> None:
     assert_connects(api, user, "second", ok=False)
     assert _passwd(api, "remove", user).returncode == 1
     assert _passwd(api, "add", "", "--password", "x").returncode == 2
+    assert _passwd(api, "add", "u" * 600, "--password", "x").returncode == 2
     assert _passwd(api, "frobnicate").returncode == 2
 
 

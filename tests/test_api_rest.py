@@ -422,11 +422,13 @@ def test_odd_ids(api: ApiBroker, devices: Devices) -> None:
     assert dev.get().payload == b"yo"
     body = eventually(lambda: api.get("last_events_by_device", device_id=cid).json().get("events"))
     assert body[0]["message"] == "hi"
-    for odd in ("\x00", "a\x00b", "💥" * 10, "%ZZ", "../../etc/passwd"):
+    for odd in ("\x00", "a\x00b", "💥" * 10, "%ZZ", "../../etc/passwd", "x" * 600, "é" * 300):
         r = api.get("last_events_by_device", device_id=odd)
         assert (r.status_code, r.json()) == (200, NO_DATA)
         r = api.post("send_client", clientid=odd, topic="a", message="m")
         assert (r.status_code, r.json()) == (404, NOT_DELIVERED)
+    r = api.get("last_events_by_device", device_id="é" * 5000)  # a 30 kB request line
+    assert r.status_code in (413, 414) and r.json()["bwapi-status"] == "fail"
     r = api.http.get(f"{BASE}/last_events_by_device?device_id=%ff%fe", headers=api.auth())
     assert r.status_code in (200, 400) and r.json()["bwapi-status"] in ("success", "fail")
 

@@ -18,6 +18,7 @@ from sanic.request import Request
 from api.errors import REASON, STATUS, Conflict, NotFound
 from api.guard import authorized, reply
 from api.params import Params
+from api.views import MAX_KEY
 from bwfast.auth import hash_password, verify_password
 
 bp = Blueprint("credentials", url_prefix="/bwiot/api/v1")
@@ -28,7 +29,8 @@ def _status(ok: bool, reason: str) -> dict[str, Any]:
 
 
 def _username(params: Params) -> str:
-    username = params.text("username", no_nul=True)  # an MQTT UTF-8 string [MQTT-1.5.4-2]
+    # an MQTT UTF-8 string [MQTT-1.5.4-2], and a key LMDB can hold
+    username = params.text("username", no_nul=True, max_bytes=MAX_KEY)
     assert username is not None
     return username
 

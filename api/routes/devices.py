@@ -62,7 +62,7 @@ async def subscriptions(request: Request) -> HTTPResponse:
     device_id = _device_id(Params(request), required=False)
     store = request.app.ctx.store
     if device_id is not None:
-        rec = store.get("subs", device_id.encode("utf-8"))
+        rec = views.lookup(store, "subs", device_id)
         found = [(device_id, rec)] if isinstance(rec, dict) else []
     else:
         found = [(views.key_text(k), r) for k, r in store.items("subs") if isinstance(r, dict)]
@@ -77,7 +77,7 @@ async def _history(request: Request, db: str, key: str) -> HTTPResponse:
     device_id = _device_id(params, required=True)
     assert device_id is not None
     limit = params.integer("limit", HISTORY_LIMIT, 1, MAX_HISTORY)
-    rows = views.message_rows(request.app.ctx.store.get(db, device_id.encode("utf-8")), limit)
+    rows = views.message_rows(views.lookup(request.app.ctx.store, db, device_id), limit)
     return success(None, **{key: rows}) if rows else no_data()
 
 
@@ -102,7 +102,7 @@ async def wills(request: Request) -> HTTPResponse:
     device_id = _device_id(Params(request), required=False)
     store = request.app.ctx.store
     if device_id is not None:
-        found = [(device_id, store.get("wills", device_id.encode("utf-8")))]
+        found = [(device_id, views.lookup(store, "wills", device_id))]
     else:
         found = [(views.key_text(k), r) for k, r in store.items("wills")]
     names = views.device_names(store) if found else {}

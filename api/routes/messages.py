@@ -15,6 +15,7 @@ from sanic.request import Request
 from api.errors import BadParameter, NotFound, fail_body
 from api.guard import authorized, success
 from api.params import Params
+from api.views import lookup
 
 bp = Blueprint("messages", url_prefix="/bwiot/api/v1")
 
@@ -42,7 +43,7 @@ async def send_client(request: Request) -> HTTPResponse:
     assert clientid is not None
     args = _publish_args(params)
     ctx = request.app.ctx
-    rec = ctx.store.get("devices", clientid.encode("utf-8"))
+    rec = lookup(ctx.store, "devices", clientid)
     hint = rec.get("worker") if isinstance(rec, dict) else None
     if not await ctx.workers.send_client(clientid, hint if isinstance(hint, int) else None, args):
         raise NotFound(fail_body(NOT_DELIVERED))

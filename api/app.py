@@ -24,6 +24,7 @@ from api.guard import dumps, reply
 from api.ratelimit import LoginThrottle
 from api.routes import BLUEPRINTS
 from api.tokens import Tokens
+from api.views import DeviceList
 from api.workers import Workers
 from bwfast.store import Store
 
@@ -87,6 +88,7 @@ def create_app(cfg: Config, store: Store, workers: Workers, name: str | None = N
     app.ctx.workers = workers
     app.ctx.tokens = Tokens(store, cfg.api.token_ttl)
     app.ctx.throttle = LoginThrottle()
+    app.ctx.devices = DeviceList(store)
     for bp in BLUEPRINTS:
         app.blueprint(bp)
     app.error_handler.add(Exception, on_error)

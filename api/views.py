@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import time
 from typing import Any
 
 from bwfast.store import Store
@@ -32,15 +33,6 @@ def key_text(key: bytes) -> str:
     return key.decode("utf-8", errors="replace")
 
 
-def device_names(store: Store) -> dict[str, str]:
-    """client id → device name, for the listings that show both."""
-    names: dict[str, str] = {}
-    for key, rec in store.items("devices"):
-        if isinstance(rec, dict):
-            names[key_text(key)] = str(rec.get("name") or key_text(key))
-    return names
-
-
 def connected_ms(rec: dict[str, Any]) -> int:
     value = rec.get("connected")
     return value if isinstance(value, int) else 0
@@ -56,11 +48,41 @@ def device_row(key: bytes, rec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def devices(store: Store) -> list[tuple[bytes, dict[str, Any]]]:
-    """Every device ever seen, most recently connected first (as the spec lists them)."""
-    rows = [(k, r) for k, r in store.items("devices") if isinstance(r, dict)]
-    rows.sort(key=lambda kr: (-connected_ms(kr[1]), kr[0]))
-    return rows
+class DeviceList:
+    """The device registry, sorted most recently connected first (as the spec
+    lists devices), decoded once and reused while it is current.
+
+    Decoding every record costs ~2.5 µs, 12 ms for 5,000 devices: too much per
+    request. The list is reused while LMDB's last transaction id is unchanged
+    (nothing was written anywhere), and under a steady stream of writes for at
+    most MAX_AGE seconds, well inside the second the listings may lag.
+    """
+
+    MAX_AGE = 0.25
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.txnid = -1
+        self.built = 0.0
+        self._rows: list[tuple[bytes, dict[str, Any]]] = []
+        self._names: dict[str, str] | None = None
+
+    def rows(self) -> list[tuple[bytes, dict[str, Any]]]:
+        txnid = self.store.env.info()["last_txnid"]
+        now = time.monotonic()
+        if txnid != self.txnid and now - self.built >= self.MAX_AGE:
+            rows = [(k, r) for k, r in self.store.items("devices") if isinstance(r, dict)]
+            rows.sort(key=lambda kr: (-connected_ms(kr[1]), kr[0]))
+            self._rows, self._names = rows, None
+            self.txnid, self.built = txnid, now
+        return self._rows
+
+    def names(self) -> dict[str, str]:
+        """client id → device name, for the listings that show both."""
+        rows = self.rows()
+        if self._names is None:
+            self._names = {key_text(k): str(r.get("name") or key_text(k)) for k, r in rows}
+        return self._names
 
 
 def message_rows(rows: Any, limit: int) -> list[dict[str, Any]]:

@@ -36,7 +36,7 @@ async def devices(request: Request) -> HTTPResponse:
     params = Params(request)
     page = params.integer("page", 1, 1, 10**9)
     limit = params.integer("limit", PAGE_LIMIT, 1, MAX_PAGE_LIMIT)
-    rows = views.devices(request.app.ctx.store)
+    rows = request.app.ctx.devices.rows()
     pages = math.ceil(len(rows) / limit)
     if page > pages:
         raise NotFound(fail_body("No Device / Invalid Page"))
@@ -49,7 +49,7 @@ async def devices(request: Request) -> HTTPResponse:
 @authorized
 async def connected_devices(request: Request) -> HTTPResponse:
     """Active devices, numbered from "1" in the order they connected."""
-    rows = [r for _, r in views.devices(request.app.ctx.store) if r.get("status") == "active"]
+    rows = [r for _, r in request.app.ctx.devices.rows() if r.get("status") == "active"]
     rows.reverse()
     ids = {str(n): views.device_row(b"", r)["device_id"] for n, r in enumerate(rows, 1)}
     return success(devices=ids)
@@ -66,7 +66,7 @@ async def subscriptions(request: Request) -> HTTPResponse:
         found = [(device_id, rec)] if isinstance(rec, dict) else []
     else:
         found = [(views.key_text(k), r) for k, r in store.items("subs") if isinstance(r, dict)]
-    names = views.device_names(store)
+    names = request.app.ctx.devices.names()
     rows = [{"topic": f, "device_name": names.get(cid, cid), "QoS": qos, "device_id": cid}
             for cid, subs in found for f, qos in sorted(subs.items())]
     return success(subscriptions=rows) if rows else no_data()
@@ -105,7 +105,7 @@ async def wills(request: Request) -> HTTPResponse:
         found = [(device_id, views.lookup(store, "wills", device_id))]
     else:
         found = [(views.key_text(k), r) for k, r in store.items("wills")]
-    names = views.device_names(store) if found else {}
+    names = request.app.ctx.devices.names() if found else {}
     rows = [row for cid, rec in found
             if (row := views.will_row(cid, names.get(cid, cid), rec)) is not None]
     return success(will=rows) if rows else no_data()

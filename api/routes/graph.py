@@ -19,7 +19,6 @@ async def client_count(request: Request) -> HTTPResponse:
     total = sum(c for c in counts if c is not None)
     silent = {k for k, c in enumerate(counts) if c is None}
     if silent:
-        total += sum(1 for _, rec in ctx.store.items("devices")
-                     if isinstance(rec, dict) and rec.get("status") == "active"
-                     and rec.get("worker") in silent)
+        total += sum(1 for _, rec in ctx.devices.rows()
+                     if rec.get("status") == "active" and rec.get("worker") in silent)
     return success(count=total)

@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 from conftest import Broker, free_port
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mqtt_helpers import (
     CONNACK,
     PUBLISH,
@@ -37,9 +39,12 @@ from mqtt_helpers import (
 )
 from tls_helpers import PKI, Pair, make_pki
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode, Frame, Opcode
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 from websockets.typing import Subprotocol
+
+from bwfast.websocket import CONTROL, DATA, FrameError, FrameSplitter
 
 pytestmark = pytest.mark.bwfast_only
 HOST = "127.0.0.1"
@@ -431,6 +436,173 @@ def test_wss_raw_framing(mutual: Listeners, pki: PKI) -> None:
     p = c.packet()
     assert p.ptype == PUBLISH and parse_publish(p, V311).payload == b"over wss"
     c.close()
+
+
+# ---------------------------------------------------------------- the frame splitter (no I/O)
+
+def _client_frame(opcode: Opcode, data: bytes, fin: bool = True) -> bytes:
+    """A masked client frame, serialized by websockets (an independent encoder)."""
+    return Frame(opcode, data, fin=fin).serialize(mask=True, extensions=[])
+
+
+# A stream item: a binary message in 1..3 frames, or a ping between frames.
+_messages = st.lists(st.one_of(
+    st.tuples(st.just("data"), st.lists(st.binary(max_size=300), min_size=1, max_size=3)),
+    st.tuples(st.just("ping"), st.binary(max_size=125)),
+    st.tuples(st.just("big"), st.integers(126, 70000))), max_size=8)
+
+
+@settings(max_examples=200, deadline=None)
+@given(messages=_messages, cuts=st.lists(st.integers(0, 10**6), max_size=20),
+       ping_inside=st.booleans())
+def test_frame_splitter_random_splits(messages: list[tuple[str, Any]], cuts: list[int],
+                                      ping_inside: bool) -> None:
+    """Whatever the read boundaries, binary payloads come out unmasked and in
+    order, and control frames come out whole (a ping may sit between the
+    fragments of a message, RFC 6455 §5.4)."""
+    stream, want = b"", []
+    for kind, value in messages:
+        if kind == "ping":
+            raw = _client_frame(Opcode.PING, value)
+            stream += raw
+            want.append((CONTROL, raw))
+            continue
+        parts = value if kind == "data" else [bytes(range(256)) * (value // 256 + 1)][:1]
+        for i, part in enumerate(parts):
+            op = Opcode.BINARY if i == 0 else Opcode.CONT
+            stream += _client_frame(op, part, fin=i == len(parts) - 1)
+            if part:
+                want.append((DATA, part))
+            if ping_inside and i < len(parts) - 1:
+                raw = _client_frame(Opcode.PING, b"mid")
+                stream += raw
+                want.append((CONTROL, raw))
+    splitter, got = FrameSplitter(1 << 20), []  # type: ignore[var-annotated]
+    bounds = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
+    for a, b in zip(bounds, bounds[1:], strict=False):
+        splitter.feed(stream[a:b], got)
+    assert got == want
+    assert splitter.take() == b""
+
+
+def test_frame_splitter_one_byte_at_a_time() -> None:
+    pong = _client_frame(Opcode.PONG, b"")
+    stream = (_client_frame(Opcode.BINARY, b"ab", fin=False) + pong
+              + _client_frame(Opcode.CONT, b"c" * 200) + _client_frame(Opcode.BINARY, b""))
+    splitter, got = FrameSplitter(1 << 20), []  # type: ignore[var-annotated]
+    for i in range(len(stream)):
+        splitter.feed(stream[i:i + 1], got)
+    assert got == [(DATA, b"ab"), (CONTROL, pong), (DATA, b"c" * 200)]  # pong whole, masked
+
+
+def _unmasked(opcode: int, data: bytes) -> bytes:
+    return bytes([0x80 | opcode, len(data)]) + data
+
+
+@pytest.mark.parametrize(("stream", "code", "in_message"), [
+    (_unmasked(2, b"x"), CloseCode.PROTOCOL_ERROR, False),                   # §5.1
+    (bytes([0xC2]) + _client_frame(Opcode.BINARY, b"x")[1:], CloseCode.PROTOCOL_ERROR, False),
+    (_client_frame(Opcode.TEXT, b"x"), CloseCode.UNSUPPORTED_DATA, False),  # [MQTT-6.0.0-1]
+    (_client_frame(Opcode.CONT, b"x"), CloseCode.PROTOCOL_ERROR, False),    # §5.4
+    (_client_frame(Opcode.BINARY, b"y"), CloseCode.PROTOCOL_ERROR, True),
+    (bytes([0x83, 0x80, 0, 0, 0, 0]), CloseCode.PROTOCOL_ERROR, False),      # opcode 3
+    (bytes([0x09, 0x80, 0, 0, 0, 0]), CloseCode.PROTOCOL_ERROR, False),      # fragmented ping
+    (bytes([0x89, 0xFE, 0, 200]), CloseCode.PROTOCOL_ERROR, False),          # ping > 125
+    (bytes([0x82, 0xFE, 0x01, 0x00]), CloseCode.MESSAGE_TOO_BIG, False),     # header alone
+], ids=["unmasked", "rsv", "text", "cont-first", "binary-in-message", "opcode",
+        "fragmented-ping", "long-ping", "too-big"])
+def test_frame_splitter_refuses(stream: bytes, code: int, in_message: bool) -> None:
+    """Violations fail the connection with the right close code as soon as
+    the header shows them; frames before the bad one are still delivered."""
+    good = _client_frame(Opcode.BINARY, b"ok", fin=not in_message)
+    splitter, got = FrameSplitter(255), []  # type: ignore[var-annotated]
+    with pytest.raises(FrameError) as info:
+        splitter.feed(good + stream, got)
+    assert info.value.code == code
+    assert got == [(DATA, b"ok")]
+
+
+def test_raw_websocket_byte_by_byte(mutual: Listeners) -> None:
+    """The upgrade request with frames right behind it in one segment (a
+    CONNECT and a PING), then SUBSCRIBE and PUBLISH one byte per segment: the
+    broker answers the ping, and the MQTT flow is intact."""
+    topic = f"raw/{cid('raw')}"
+    request = (f"GET {WS_PATH} HTTP/1.1\r\nHost: {HOST}\r\nUpgrade: websocket\r\n"
+               "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+               "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n").encode()
+    first = (request + _client_frame(Opcode.BINARY, connect(cid("raw"), version=V5))
+             + _client_frame(Opcode.PING, b"hello"))
+    rest = (_client_frame(Opcode.BINARY, subscribe(1, [(topic, 0)], version=V5))
+            + _client_frame(Opcode.BINARY, publish(topic, b"bytewise", version=V5)))
+    with socket.create_connection((HOST, mutual.ws_port), timeout=TIMEOUT) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(first)
+        for i in range(len(rest)):
+            sock.sendall(rest[i:i + 1])
+            if i % 7 == 0:
+                time.sleep(0.001)
+        reader = ServerFrames(sock)
+        assert reader.response.startswith(b"HTTP/1.1 101 ")
+        assert b"sec-websocket-protocol: mqtt" in reader.response.lower()
+        mqtt_bytes, pongs = b"", []
+        while b"bytewise" not in mqtt_bytes:
+            opcode, payload = reader.frame()
+            if opcode == Opcode.PONG:
+                pongs.append(payload)
+            else:
+                assert opcode == Opcode.BINARY
+                mqtt_bytes += payload
+        assert pongs == [b"hello"]
+        assert mqtt_bytes.startswith(b"\x20")  # CONNACK first
+
+
+def test_refused_connect_right_behind_the_upgrade(mutual: Listeners) -> None:
+    """A CONNECT refused at once ([MQTT-3.1.2-2], unknown protocol level), sent
+    in the same segment as the upgrade: 101 first, then the CONNACK, then a
+    close frame."""
+    request = (f"GET {WS_PATH} HTTP/1.1\r\nHost: {HOST}\r\nUpgrade: websocket\r\n"
+               "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+               "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n").encode()
+    bad = connect(cid("lvl"), version=V311).replace(b"MQTT\x04", b"MQTT\x09", 1)
+    with socket.create_connection((HOST, mutual.ws_port), timeout=TIMEOUT) as sock:
+        sock.sendall(request + _client_frame(Opcode.BINARY, bad))
+        reader = ServerFrames(sock)
+        assert reader.response.startswith(b"HTTP/1.1 101 ")
+        assert reader.frame() == (Opcode.BINARY, b"\x20\x02\x00\x01")
+        opcode, payload = reader.frame()
+        assert opcode == Opcode.CLOSE and payload[:2] == b"\x03\xe8"  # 1000
+
+
+class ServerFrames:
+    """Reads the 101 response, then unmasked server frames, off a raw socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = b""
+        while b"\r\n\r\n" not in self.buf:
+            self._more()
+        self.response, _, self.buf = self.buf.partition(b"\r\n\r\n")
+
+    def _more(self) -> None:
+        data = self.sock.recv(65536)
+        assert data, "connection closed"
+        self.buf += data
+
+    def _need(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            self._more()
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def frame(self) -> tuple[int, bytes]:
+        b0, b1 = self._need(2)
+        assert not b1 & 0x80, "server frames are not masked (RFC 6455 §5.1)"
+        length = b1 & 0x7F
+        if length == 126:
+            length = int.from_bytes(self._need(2), "big")
+        elif length == 127:
+            length = int.from_bytes(self._need(8), "big")
+        return b0 & 0x0F, self._need(length)
 
 
 # ---------------------------------------------------------------- identity

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing as mp
 import os
 import shutil
@@ -34,6 +35,17 @@ def accepts(port: int) -> bool:
         return False
 
 
+def _die_with_parent() -> None:
+    """SIGTERM the broker if the harness dies without stopping it (PR_SET_PDEATHSIG).
+
+    Mosquitto clears this when it drops root privileges; stop() covers it otherwise.
+    """
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
 @dataclass
 class Broker:
     """A broker process we started, in its own session so we can stop its whole group."""
@@ -54,7 +66,8 @@ class Broker:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(self.argv, cwd=self.workdir, stdout=log, stderr=log,
                                          stdin=subprocess.DEVNULL, start_new_session=True,
-                                         env={**os.environ, **self.env})
+                                         env={**os.environ, **self.env},
+                                         preexec_fn=_die_with_parent)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

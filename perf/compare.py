@@ -60,7 +60,8 @@ def ceiling(procs: int = 2, quick: bool = False) -> list[dict]:
     """The harness against perf.sink servers: what it can measure at most."""
     out = []
     for mode, spec, what in CEILING:
-        case = scenarios.make_case(spec, procs=procs, duration=1.5 if quick else 3.0,
+        case = scenarios.make_case(spec, procs=None if spec == "latency" else procs,
+                                   duration=1.5 if quick else 3.0,
                                    warmup=0.5)
         with brokers_mod.SinkServer(mode) as sink:
             try:
@@ -130,7 +131,9 @@ def main(args: argparse.Namespace, over: dict) -> int:
             data["ceiling"] = ceiling(cases[0].procs, args.quick)
             print_ceiling(data["ceiling"])
             print(flush=True)
-        bar = tqdm(total=len(cases) * rounds * len(running), unit="run", dynamic_ncols=True)
+        total = len(cases) * rounds * len(running)
+        # Not a terminal (a log file, CI): no bar, one line per run instead.
+        bar = tqdm(total=total, unit="run", dynamic_ncols=True, disable=None)
         for case in cases:
             for rnd in range(rounds):
                 for name, broker in running.items():
@@ -140,6 +143,9 @@ def main(args: argparse.Namespace, over: dict) -> int:
                     data["runs"].append({"case": case.label, "broker": name, "round": rnd + 1,
                                          "result": res})
                     bar.update()
+                    if bar.disable:
+                        print(f"[{len(data['runs'])}/{total}] {case.label} · {name} · round "
+                              f"{rnd + 1}: {_headline(case, res)}", file=sys.stderr, flush=True)
         bar.close()
     except KeyboardInterrupt:
         print("\ninterrupted: stopping the brokers", file=sys.stderr)
@@ -162,6 +168,13 @@ def main(args: argparse.Namespace, over: dict) -> int:
     print(report.markdown(data))
     print(f"\nwritten {out}")
     return 0
+
+
+def _headline(case: scenarios.Case, res: dict) -> str:
+    if "error" in res:
+        return "failed: " + res["error"]
+    key, label, _ = report.metrics_for(case.scenario, case.qos)[0]
+    return f"{label} {report.fmt(res.get(key))}"
 
 
 def _case(spec: str, quick: bool, over: dict) -> scenarios.Case:

@@ -12,6 +12,7 @@ import asyncio
 import ctypes
 import os
 import resource
+import signal
 import socket
 import time
 from array import array
@@ -42,6 +43,13 @@ class Plan:
     subs: list[tuple[str, str, str]] = field(default_factory=list)  # (id, filter, topic)
     pubs: list[tuple[str, str]] = field(default_factory=list)       # (id, topic)
     connect_concurrency: int = 64
+
+
+def child_setup() -> None:
+    """In a harness child: Ctrl-C is the parent's to handle (it shuts us down in
+    order), and a larger fd limit."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise_nofile()
 
 
 def raise_nofile() -> int:
@@ -225,6 +233,7 @@ class Pump:
             for p in self.pubs:
                 k = min(p.can_send(), p.batch_n, budget)
                 least = p.batch_n // 8 if qos == 0 else p.inflight // 2 if qos == 1 else 1
+                least = min(least, p.batch_n)
                 if k > 0 and k >= least:
                     p.send_batch(k)
                     budget -= k
@@ -433,8 +442,8 @@ class Agent:
         read at once. Napping changes nothing the broker does (it wrote each
         message already); it only spares the harness CPU the broker needs."""
         plan = self.plan
-        if plan.stamped or plan.qos == 2:
-            return
+        if plan.stamped or plan.qos == 2 or plan.payload > 4096:
+            return  # (large messages: a read per message costs little, socket buffers fill)
         self.waker = Waker(1_000_000 if plan.qos == 0 else 500_000)
         for c in self.subs:
             c.napper = self.waker.add
@@ -558,7 +567,7 @@ def child_main(conn, plan: Plan, sent_arr, recv_arr) -> None:
     """Entry point of a generator process."""
     import uvloop
 
-    raise_nofile()
+    child_setup()
     out = os.environ.get("PERF_PROFILE")  # a directory: cProfile each generator there
     if not out:
         uvloop.run(Agent(conn, plan, sent_arr, recv_arr).serve())

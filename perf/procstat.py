@@ -88,7 +88,8 @@ def listeners(port: int) -> list[int]:
 
 def broker_root(port: int) -> int | None:
     """The process to measure for a broker found by its port: the listener, or its
-    topmost ancestor running the same program (a supervisor of workers)."""
+    topmost ancestor that is the same program (a supervisor whose workers were
+    forked, or spawned by multiprocessing)."""
     pids = listeners(port)
     if not pids:
         return None
@@ -98,7 +99,17 @@ def broker_root(port: int) -> int | None:
         parent = int(st[1]) if st else 0
         if parent <= 1 or parent == os.getpid() or _exe(parent) != _exe(root):
             return root
+        mine = _cmdline(root)
+        if mine != _cmdline(parent) and "multiprocessing" not in mine:
+            return root
         root = parent
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text()
+    except OSError:
+        return ""
 
 
 def _exe(pid: int) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 
 from perf import mqtt
-from perf.gen import raise_nofile
+from perf.gen import child_setup
 
 
 class SinkProtocol(asyncio.Protocol):
@@ -126,5 +126,5 @@ def sink_main(mode: str, port: int, ready) -> None:
     """Entry point of the sink process."""
     import uvloop
 
-    raise_nofile()
+    child_setup()
     uvloop.run(_serve(mode, port, ready))

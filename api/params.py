@@ -54,7 +54,7 @@ class Params:
         if not ctype.startswith("multipart/"):
             try:
                 data = json.loads(body)
-            except (ValueError, UnicodeDecodeError):
+            except (ValueError, RecursionError):  # (UnicodeDecodeError is a ValueError)
                 data = None
                 self.body_note = "the body is not valid JSON"
             else:
@@ -107,7 +107,10 @@ class Params:
             raise self._missing(name)
         value = found[1]
         if isinstance(value, (dict, list)):
-            return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+            try:
+                return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+            except (ValueError, RecursionError):  # a lone surrogate somewhere inside
+                raise BadParameter(name, f"{name} must be valid UTF-8") from None
         if not isinstance(value, str) or not _utf8(value):
             raise BadParameter(name, f"{name} must be a string, a JSON object or an array")
         return value.encode("utf-8")

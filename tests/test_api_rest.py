@@ -439,7 +439,8 @@ def test_odd_ids(api: ApiBroker, devices: Devices) -> None:
 def test_bad_bodies(api: ApiBroker) -> None:
     url = f"{BASE}/send_all"
     headers = {**api.auth(), "Content-Type": "application/json"}
-    for body in (b"{not json", b"[1, 2]", b'"text"', b"\xff\xfe", b"null"):
+    deep = b"[" * 100_000 + b"]" * 100_000
+    for body in (b"{not json", b"[1, 2]", b'"text"', b"\xff\xfe", b"null", deep):
         r = api.http.post(url, content=body, headers=headers)
         assert r.status_code == 400, body
         assert r.json()["bwapi-status-reason"] == "Missing parameter:topic"
@@ -448,9 +449,9 @@ def test_bad_bodies(api: ApiBroker) -> None:
     assert r.status_code == 413
     assert r.json()["bwapi-status"] == "fail"
     # a lone surrogate, escaped in JSON: Python reads it, UTF-8 can't carry it
-    for field in ("topic", "message"):
-        fields = {"topic": "a", "message": "m", field: "x\\ud800"}
-        raw = "{" + ",".join(f'"{k}":"{v}"' for k, v in fields.items()) + "}"
+    for field, raw in (("topic", '{"topic": "x\\ud800", "message": "m"}'),
+                       ("message", '{"topic": "a", "message": "x\\ud800"}'),
+                       ("message", '{"topic": "a", "message": {"k": ["x\\ud800"]}}')):
         r = api.http.post(url, content=raw.encode(), headers=headers)
         assert (r.status_code, r.json()["bwapi-status-reason"]) == (400, f"Missing parameter:{field}")
 

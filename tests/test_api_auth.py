@@ -181,7 +181,7 @@ def test_tokens_survive_an_api_restart(api: ApiBroker) -> None:
     stopped = time.monotonic() - started
     new_log = api.broker.log_path.read_text()[len(log_before):]
     assert "api exited with 0" in new_log, new_log
-    assert stopped < 3.0
+    assert stopped < 4.5  # stopped, reaped and restarted well within the 5 s of CONTRACT.md
     wait_port(api.api_port)
     api.http.close()
     api.http = httpx.Client(base_url=api.url, timeout=10.0)

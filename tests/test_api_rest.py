@@ -402,7 +402,12 @@ def test_client_count(api: ApiBroker, devices: Devices) -> None:
         body = r.json()
         assert set(body) == {"bwapi-status", "count"} and body["bwapi-status"] == "success"
         return int(body["count"])
-    before = count()
+    def settled() -> tuple[int] | None:
+        """The count once earlier tests' disconnects have landed."""
+        first = count()
+        time.sleep(0.2)
+        return (first,) if count() == first else None
+    (before,) = eventually(settled)
     c1, c2 = devices.connect("c1"), devices.connect("c2")
     assert count() == before + 2
     c1.disconnect()

@@ -28,8 +28,12 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import msgpack
+
 from bwfast.bus import Bus
+from bwfast.codes import UNSPECIFIED_ERROR
 from bwfast.message import Message
+from bwfast.orphans import Orphans
 
 if TYPE_CHECKING:
     from bwfast.protocol import Connection
@@ -37,7 +41,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bwfast.cluster")
 
-CONFIRM_TIMEOUT = 10.0  # seconds an ack waits for peers before going out anyway
+CONFIRM_TIMEOUT = 15.0  # seconds an ack waits for peers; then the publisher is disconnected
 TAKE_TIMEOUT = 2.0
 
 
@@ -55,7 +59,9 @@ class Cluster:
         self._seq = 0
         # seq -> [peers still to answer, conn, ack entry, deadline, is a route announcement]
         self.waiters: dict[int, list] = {}
-        self.takes: dict[int, tuple[Callable[[bool], None], float]] = {}
+        self.takes: dict[int, tuple[Callable[[bool], None], float, int]] = {}
+        self.moving: dict[str, int] = {}  # client id -> worker that handed its session to us
+        self.orphans: dict[int, Orphans] = {}  # dead peer -> its persistent sessions
         self.peer_stats: dict[int, list] = {}
         self.forwarded = 0
         self.hellos: set[int] = set()
@@ -64,7 +70,7 @@ class Cluster:
             "hello": self._on_hello, "r+": self._on_route_add, "ra": self._on_answer,
             "r-": self._on_route_remove, "pub": self._on_pub, "done": self._on_answer,
             "ret": self._on_retained, "take": self._on_take, "taken": self._on_taken,
-            "stats": self._on_stats,
+            "stats": self._on_stats, "sfwd": self._on_session_forward, "moved": self._on_moved,
         }
 
     def next_seq(self) -> int:
@@ -125,6 +131,21 @@ class Cluster:
         announcements stop waiting for it. Forwarded messages keep waiting: the
         bus holds them for the restarted peer, which confirms them then."""
         self.hellos.discard(peer)
+        # Until it is back, its persistent sessions are served from LMDB; the
+        # messages it never confirmed go there too (at least once, never lost).
+        orphans = self.orphans[peer] = Orphans(self, peer)
+        store = self.worker.store
+        for seq, w in list(self.waiters.items()):
+            if not w[4] and peer in w[0]:
+                frame = msgpack.unpackb(w[5][peer], raw=False, strict_map_key=False)
+                if frame[3]:
+                    orphans.deliver(Message.from_record(frame[2]))
+                store.after_commit(self._answer_later(peer, seq))
+        self.worker.schedule_tick()
+        for seq, (cb, _, owner) in list(self.takes.items()):
+            if owner == peer:  # it died holding the session: LMDB has it
+                del self.takes[seq]
+                cb(False)
         for seq, w in list(self.waiters.items()):
             if w[4] and peer in w[0]:
                 w[0].discard(peer)
@@ -133,7 +154,11 @@ class Cluster:
                     if w[1] is not None:
                         self.worker.release(w[1], w[2])
 
+    def _answer_later(self, peer: int, seq: int) -> Callable[[], None]:
+        return lambda: self._on_answer(["done", peer, seq])
+
     def _on_hello(self, f: list) -> None:
+        self.orphans.pop(f[1], None)  # it is back and serves its sessions itself
         self.worker.router.replace_peer_routes(f[1], f[2])
         self.hellos.add(f[1])
         self._check_ready()
@@ -174,7 +199,7 @@ class Cluster:
 
     def _on_take(self, f: list) -> None:
         _, requester, cid, clean, seq = f
-        present = self.worker.sessions.hand_over(cid, clean)
+        present = self.worker.sessions.hand_over(cid, clean, requester)
         store = self.worker.store
         reply = ["taken", self.index, seq, present]
         if store.dirty:
@@ -190,6 +215,35 @@ class Cluster:
     def _on_stats(self, f: list) -> None:
         self.peer_stats[f[1]] = f[2:]
 
+    def _on_session_forward(self, f: list) -> None:
+        _, _, cid, rec, qos, retain, sub_ids = f
+        session = self.worker.sessions.sessions.get(cid)
+        if session is None:
+            log.warning("message for moved session %r that is not here", cid)
+            return
+        session.deliver(Message.from_record(rec), qos, retain, sub_ids)
+
+    def _on_moved(self, f: list) -> None:
+        self.worker.sessions.finish_move(f[2])
+
+    def forward_to_session(self, peer: int, cid: str, msg: Message, qos: int, retain: bool,
+                           sub_ids: list[int] | None) -> None:
+        """Deliver through the worker a session was handed to (see hand_over).
+
+        After the "taken" reply on the same link, so the session is there first."""
+        frame = ["sfwd", self.index, cid, msg.to_record(), qos, retain, sub_ids]
+        store = self.worker.store
+        if store.dirty:
+            store.after_commit(lambda: self.bus.send(peer, frame))
+        else:
+            self.bus.send(peer, frame)
+
+    def session_live(self, cid: str) -> None:
+        """CONNACK is out, so every worker routes cid's filters here: the old holder may stop."""
+        owner = self.moving.pop(cid, None)
+        if owner is not None:
+            self.bus.send(owner, ["moved", self.index, cid])
+
     # -- routes out ----------------------------------------------------------------------------------
     def routes_added(self, filters: list[str]) -> int:
         """Announce new local routes; return a seq the SUBACK must wait on (0: none)."""
@@ -201,7 +255,7 @@ class Cluster:
         self.bus.broadcast(["r+", self.index, filters, seq])
         if not up:
             return 0
-        self.waiters[seq] = [up, None, None, time.monotonic() + CONFIRM_TIMEOUT, True]
+        self.waiters[seq] = [up, None, None, time.monotonic() + CONFIRM_TIMEOUT, True, None]
         return seq
 
     def routes_removed(self, filters: list[str]) -> None:
@@ -215,12 +269,23 @@ class Cluster:
         """Send msg once to each peer that matched; return a seq to wait on when confirm."""
         rec = msg.to_record()
         seq = self.next_seq() if confirm else 0
-        for peer, (normal, groups) in forwards.items():
-            self.bus.send(peer, ["pub", self.index, rec, normal, groups, seq])
+        frames = {}
+        orphans = self.orphans
+        for peer, (normal, groups) in list(forwards.items()):
+            if peer in orphans:
+                if normal:
+                    orphans[peer].deliver(msg)  # into LMDB: the ack waits for the commit
+                del forwards[peer]
+                continue
+            data = msgpack.packb(["pub", self.index, rec, normal, groups, seq], use_bin_type=True)
+            self.bus.send_packed(peer, data)
+            frames[peer] = data
         self.forwarded += len(forwards)
-        if confirm:
+        if confirm and forwards:
+            # The frames are kept until answered: a peer that dies before answering
+            # gets them again when it is back (at least once, never lost).
             self.waiters[seq] = [set(forwards), None, None, time.monotonic() + CONFIRM_TIMEOUT,
-                                 False]
+                                 False, frames]
         return seq
 
     def retained_changed(self, msg: Message) -> None:
@@ -241,37 +306,62 @@ class Cluster:
         for seq, w in list(self.waiters.items()):
             if now > w[3]:
                 del self.waiters[seq]
-                log.warning("peers %s did not answer seq %d; acknowledging anyway", w[0], seq)
+                if w[4]:  # routes: the peer reads them from LMDB when it is back
+                    if w[1] is not None:
+                        self.worker.release(w[1], w[2])
+                    continue
+                # A message nobody confirmed is never acknowledged: the publisher is
+                # disconnected instead, and sends it again when it reconnects.
+                log.warning("peers %s did not confirm seq %d; disconnecting the publisher",
+                            w[0], seq)
                 if w[1] is not None:
-                    self.worker.release(w[1], w[2])
-        for seq, (cb, deadline) in list(self.takes.items()):
+                    w[1].disconnect(UNSPECIFIED_ERROR, "message not confirmed by peers")
+        for seq, (cb, deadline, _) in list(self.takes.items()):
             if now > deadline:
                 del self.takes[seq]
                 cb(False)
+        self.worker.sessions.sweep_moves()
 
     # -- sessions across workers ---------------------------------------------------------------------------
     def claim(self, cid: str, clean: bool, proceed: Callable[[], None]) -> None:
         """Make this worker the holder of cid, asking the old holder to let go first."""
         store = self.worker.store
-        owner = store.get("clients", cid.encode())
-        store.put("clients", cid.encode(), self.index)
+        key = cid.encode()
+        owner = store.get("clients", key)
         if owner is None or owner == self.index or owner >= self.nworkers:
+            store.put("clients", key, self.index)
             proceed()
             return
         if not self.bus.is_up(owner):
             # The holder is down: its records in LMDB are current up to its last commit.
-            self.worker.sessions.adopt(cid)
+            self._adopt(cid, clean, owner)
             proceed()
             return
         seq = self.next_seq()
 
         def taken(present: bool) -> None:
-            if present or not self.bus.is_up(owner):
-                self.worker.sessions.adopt(cid)
+            self._adopt(cid, clean, owner)
+            if present and not clean:
+                self.moving[cid] = owner
             proceed()
 
-        self.takes[seq] = (taken, time.monotonic() + TAKE_TIMEOUT)
+        self.takes[seq] = (taken, time.monotonic() + TAKE_TIMEOUT, owner)
         self.bus.send(owner, ["take", self.index, cid, clean, seq])
+
+    def _adopt(self, cid: str, clean: bool, owner: int) -> None:
+        """Once the old holder let go (or died), LMDB is the truth: a persistent
+        session is there, a clean start or a non-persistent one is not. Only
+        then do we write ourselves down as the holder, so that whoever reads
+        `clients` finds the session in our memory."""
+        sessions = self.worker.sessions
+        if clean:
+            sessions.forget(cid)
+        else:
+            session = sessions.adopt(cid)
+            if session is not None and owner in self.orphans:
+                # Peers may still be writing to its LMDB queue: look again shortly.
+                sessions.rescan_later(session)
+        self.worker.store.put("clients", cid.encode(), self.index)
 
     def released(self, cid: str) -> None:
         """A non-persistent session ended here: nobody holds cid any more."""

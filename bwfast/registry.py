@@ -21,11 +21,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bwfast.sessions")
 
+MOVE_TIMEOUT = 10.0  # seconds a handed-over session keeps forwarding at most
+
 
 class SessionRegistry:
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
         self.sessions: dict[str, Session] = {}
+        self.moving: dict[str, tuple[Session, float]] = {}  # handed over, still forwarding
 
     def __len__(self) -> int:
         return len(self.sessions)
@@ -51,6 +54,34 @@ class SessionRegistry:
             return self.sessions[cid]
         rec = self.worker.store.get("sessions", cid.encode())
         return None if rec is None else self._restore(cid, rec, time.time())
+
+    def rescan_later(self, session: Session, delays: tuple[float, ...] = (0.3, 1.0, 3.0)) -> None:
+        for delay in delays:
+            self.worker.loop.call_later(delay, self.rescan, session)
+
+    def rescan(self, session: Session) -> None:
+        """Take queue records other workers wrote for this session meanwhile
+        (orphans.py), the ones it does not hold already."""
+        if self.sessions.get(session.client_id) is not session:
+            return
+        store = self.worker.store
+        held = {e[5] for e in session.queue} | {e[5] for e in session.inflight.values()}
+        prefix = session.client_id.encode() + b"\x00"
+        found = 0
+        for qkey, qrec in store.items("queue", prefix):
+            seq = int.from_bytes(qkey[-8:], "big")
+            if seq in held or ("queue", qkey) in store.pending_keys():
+                continue
+            session.restore_entry(seq, qrec)
+            found += 1
+        if found:
+            session.pump()
+            self.worker.schedule_tick()
+
+    def forget(self, cid: str) -> None:
+        """A clean start elsewhere ends whatever session cid had (its holder is gone)."""
+        if cid not in self.sessions:
+            self._drop_records(cid)
 
     def _restore(self, cid: str, rec: dict, now: float) -> Session | None:
         store = self.worker.store
@@ -78,8 +109,13 @@ class SessionRegistry:
         self._schedule_expiry(session, dc + expiry - now if expiry != NEVER_EXPIRES else None)
         return session
 
-    def hand_over(self, cid: str, clean: bool) -> bool:
-        """Another worker got a CONNECT for cid: let go of it; True if a session is kept for it."""
+    def hand_over(self, cid: str, clean: bool, to: int) -> bool:
+        """Worker ``to`` got a CONNECT for cid: let go of it; True if a session is kept for it.
+
+        Make before break: the session's routes stay here, forwarding to ``to``,
+        until ``to`` says every worker routes the session's filters to it
+        (:meth:`finish_move`), so no message falls into the gap.
+        """
         session = self.sessions.get(cid)
         if session is None:
             return False
@@ -90,10 +126,24 @@ class SessionRegistry:
             return False
         self._cancel_timers(session)
         self.save(session)
-        for filt in session.subs:
-            self.worker.unsubscribe(session, filt)
         del self.sessions[cid]
+        session.moved_to = to
+        self.moving[cid] = (session, time.monotonic() + MOVE_TIMEOUT)
         return True
+
+    def finish_move(self, cid: str) -> None:
+        """The new holder routes everything itself now: drop the forwarding routes."""
+        entry = self.moving.pop(cid, None)
+        if entry is not None:
+            session = entry[0]
+            for filt in session.subs:
+                self.worker.unsubscribe(session, filt)
+
+    def sweep_moves(self) -> None:
+        now = time.monotonic()
+        for cid, (_, deadline) in list(self.moving.items()):
+            if now > deadline:
+                self.finish_move(cid)
 
     # -- connect / disconnect -------------------------------------------------------------------
     def attach(self, conn: Connection, cid: str, clean_start: bool, expiry: int) -> tuple[Session, bool]:
@@ -118,6 +168,7 @@ class SessionRegistry:
             session = Session(cid, self.worker)
             self.sessions[cid] = session
         session.conn = conn
+        session.live = False  # nothing goes out before the CONNACK [MQTT-3.2.0-1]
         session.version = conn.version
         session.expiry = expiry
         conn.session = session
@@ -130,6 +181,7 @@ class SessionRegistry:
         old = session.conn
         assert old is not None
         session.conn = None
+        session.live = False
         old.session = None
         if session.will is not None and (session.will_delay == 0 or clean_start):
             self.publish_will(session)
@@ -148,6 +200,7 @@ class SessionRegistry:
         if session is None or session.conn is not conn:
             return
         session.conn = None
+        session.live = False
         now = time.time()
         session.disconnected_at = now
         self.worker.history.disconnected(session.client_id)
@@ -283,5 +336,6 @@ class SessionRegistry:
                 session.disconnected_at = now
                 conn = session.conn
                 session.conn = None
+                session.live = False
                 conn.session = None
             self.save(session)

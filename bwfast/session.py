@@ -57,7 +57,7 @@ class Session:
     __slots__ = ("client_id", "worker", "version", "expiry", "subs", "inflight", "queue",
                  "qos2_in", "conn", "next_pid", "seq", "receive_max", "max_packet",
                  "will", "will_delay", "will_handle", "expiry_handle", "disconnected_at",
-                 "stored")
+                 "stored", "live", "moved_to")
 
     def __init__(self, client_id: str, worker: Worker) -> None:
         self.client_id = client_id
@@ -79,6 +79,8 @@ class Session:
         self.expiry_handle: Any = None
         self.disconnected_at = 0.0
         self.stored = False                  # has a record in LMDB
+        self.live = False                    # CONNACK sent: messages may go out
+        self.moved_to = -1                   # >= 0: handed over to that worker, forward there
 
     @property
     def persistent(self) -> bool:
@@ -87,15 +89,19 @@ class Session:
     # -- delivery -------------------------------------------------------------------
     def deliver(self, msg: Message, qos: int, retain: bool, sub_ids: list[int] | None) -> None:
         """Hand one message to this session with the subscription's QoS already applied."""
+        if self.moved_to >= 0:
+            # Handed over to another worker that is still taking over our routes.
+            self.worker.forward_to_session(self.moved_to, self, msg, qos, retain, sub_ids)
+            return
         conn = self.conn
         self.worker.history.command(self.client_id, msg)
         if qos == 0:
-            if conn is not None:
-                self._send(conn, msg.encode(self.version, 0, retain, 0, sub_ids))
-            elif self.persistent:
+            if self.live:
+                self._send(conn, msg.encode(self.version, 0, retain, 0, sub_ids))  # type: ignore[arg-type]
+            elif self.persistent or conn is not None:
                 self._enqueue(msg, 0, retain, sub_ids)
             return
-        if conn is None or self.queue or len(self.inflight) >= self.receive_max:
+        if not self.live or self.queue or len(self.inflight) >= self.receive_max:
             self._enqueue(msg, qos, retain, sub_ids)
             return
         self._send_inflight([AWAIT_ACK, msg, qos, retain, sub_ids, self._persist_new(msg, qos, retain, sub_ids)])
@@ -155,7 +161,7 @@ class Session:
     def pump(self) -> None:
         """Move queued messages into flight while the receive maximum allows."""
         conn = self.conn
-        if conn is None:
+        if conn is None or not self.live:
             return
         queue = self.queue
         now = time.time()
@@ -213,6 +219,7 @@ class Session:
         """Resend what was in flight, DUP set, then the queue [MQTT-4.4.0-1]."""
         conn = self.conn
         assert conn is not None
+        self.live = True
         for pid, entry in list(self.inflight.items()):
             if entry[0] == AWAIT_COMP:
                 conn.write(encode_ack(PUBREL, pid, 0, self.version))

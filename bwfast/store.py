@@ -91,6 +91,10 @@ class Store:
     def delete(self, db: str, key: bytes) -> None:
         self._pending[(db, key)] = None
 
+    def pending_keys(self) -> dict[tuple[str, bytes], bytes | None]:
+        """Staged, uncommitted writes (read-only view for callers that must skip them)."""
+        return self._pending
+
     def after_commit(self, callback: Callable[[], None]) -> None:
         self._callbacks.append(callback)
 

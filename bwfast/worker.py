@@ -77,6 +77,10 @@ class Worker:
             self.store.commit()
         if self.cluster is not None:
             await self.cluster.start()
+            # Peers wrote to our sessions' LMDB queues while we were down (orphans.py),
+            # possibly after we loaded them: take what we missed.
+            for session in list(self.sessions.sessions.values()):
+                self.sessions.rescan_later(session)
         if self.sessions.publish_orphan_wills():
             self.schedule_tick()
         self.servers.append(await start_control(self, os.path.join(self.cfg.broker.data_dir, "run")))
@@ -223,6 +227,11 @@ class Worker:
             if self.cluster is not None:
                 self.cluster.retained_changed(msg)
         return n, seq
+
+    def forward_to_session(self, peer: int, session: Any, msg: Message, qos: int, retain: bool,
+                           sub_ids: list[int] | None) -> None:
+        assert self.cluster is not None
+        self.cluster.forward_to_session(peer, session.client_id, msg, qos, retain, sub_ids)
 
     def claim(self, cid: str, clean: bool, proceed: Callable[[], None]) -> None:
         """Make sure no other worker holds cid's session, then proceed with the CONNECT."""

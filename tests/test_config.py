@@ -774,6 +774,12 @@ def test_cli_in_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert capsys.readouterr().err.count("\n") == 1
 
 
-def test_passwd_subcommand_is_a_placeholder(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["passwd", "alice"]) == 2
-    assert "not implemented yet" in capsys.readouterr().err
+def test_passwd_subcommand_without_an_action_is_a_usage_error(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`bwfast passwd` is dispatched to its own parser (bwfast/passwd.py), which
+    names the actions it takes when given none of them."""
+    with pytest.raises(SystemExit) as exc:
+        main(["passwd", "alice"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "add|set|remove|list" in err and "invalid choice: 'alice'" in err

@@ -101,6 +101,8 @@ def handle_connect(conn: Connection, p: Any) -> None:
         def connected() -> None:
             worker.on_connected(conn)
             session.resume()
+            if worker.cluster is not None:
+                worker.cluster.session_live(cid)
             conn.connected()
 
         worker.ack(conn, encode_connack(present, c.SUCCESS, conn.version, ack_props), connected, seq)

@@ -15,7 +15,7 @@ lists whose first item names the kind:
     ["taken", j, seq, present]     j closed/saved cid's session
     ["stats", k, counters, connected, sessions, subs]
 
-The route table's truth is LMDB (`routes`: filter NUL worker -> 1), read by a
+The route table's truth is LMDB (`routes`: filter NUL worker -> [filter, worker]), read by a
 worker at start; the tries are the fast copy. `clients` (client id ->
 worker) says which worker holds a client's session.
 """
@@ -82,14 +82,14 @@ class Cluster:
         """Peers' routes from LMDB; our own stale ones replaced by what we hold now."""
         store = self.worker.store
         router = self.worker.router
-        for key, _ in store.items("routes"):
-            filt, owner = key[:-2].decode(), key[-1]
+        for _, value in store.items("routes"):
+            filt, owner = value
             if owner == self.index:
-                store.delete("routes", key)
+                store.delete("routes", route_key(filt, owner))
             elif owner < self.nworkers:
                 router.add_peer_route(owner, filt)
         for filt in router.local_routes:
-            store.put("routes", route_key(filt, self.index), 1)
+            store.put("routes", route_key(filt, self.index), [filt, self.index])
 
     def owns(self, cid: str) -> bool:
         """Is a stored session ours to load? Unowned or orphaned ones go to worker 0."""
@@ -131,6 +131,8 @@ class Cluster:
         announcements stop waiting for it. Forwarded messages keep waiting: the
         bus holds them for the restarted peer, which confirms them then."""
         self.hellos.discard(peer)
+        if self.worker.stopping:
+            return
         # Until it is back, its persistent sessions are served from LMDB; the
         # messages it never confirmed go there too (at least once, never lost).
         orphans = self.orphans[peer] = Orphans(self, peer)
@@ -249,7 +251,7 @@ class Cluster:
         """Announce new local routes; return a seq the SUBACK must wait on (0: none)."""
         store = self.worker.store
         for filt in filters:
-            store.put("routes", route_key(filt, self.index), 1)
+            store.put("routes", route_key(filt, self.index), [filt, self.index])
         up = {p for p in self.bus.peers if self.bus.is_up(p)}
         seq = self.next_seq()
         self.bus.broadcast(["r+", self.index, filters, seq])

@@ -9,6 +9,7 @@ is on disk (``[persistence] sync = true``).
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -25,6 +26,15 @@ DB_NAMES = (
     "devices", "events", "commands", "wills", "revoked", "clients",
 )
 DEFAULT_MAP_SIZE = 8 << 30  # sparse file; grows on demand up to this
+MAX_KEY = 480  # LMDB's limit is 511 bytes; a topic may be 65535
+
+
+def dbkey(key: bytes) -> bytes:
+    """Keys over LMDB's limit (long topics, filters) are stored under a digest;
+    records whose key matters keep the full name in their value."""
+    if len(key) <= MAX_KEY:
+        return key
+    return b"\xff#" + hashlib.sha256(key).digest()
 
 
 def pack(obj: Any) -> bytes:
@@ -83,13 +93,13 @@ class Store:
         return bool(self._pending) or bool(self._callbacks)
 
     def put(self, db: str, key: bytes, value: Any) -> None:
-        self._pending[(db, key)] = pack(value)
+        self._pending[(db, dbkey(key))] = pack(value)
 
     def put_raw(self, db: str, key: bytes, value: bytes) -> None:
-        self._pending[(db, key)] = value
+        self._pending[(db, dbkey(key))] = value
 
     def delete(self, db: str, key: bytes) -> None:
-        self._pending[(db, key)] = None
+        self._pending[(db, dbkey(key))] = None
 
     def pending_keys(self) -> dict[tuple[str, bytes], bytes | None]:
         """Staged, uncommitted writes (read-only view for callers that must skip them)."""
@@ -103,21 +113,35 @@ class Store:
         pending, self._pending = self._pending, {}
         callbacks, self._callbacks = self._callbacks, []
         if pending:
-            dbs = self.dbs
-            with self.env.begin(write=True) as txn:
-                for (db, key), value in pending.items():
-                    if value is None:
-                        txn.delete(key, db=dbs[db])
-                    else:
-                        txn.put(key, value, db=dbs[db])
+            try:
+                self._write(pending, skip_bad=False)
+            except lmdb.Error:
+                # One bad record must not cost everyone else's writes (and acks).
+                log.exception("LMDB batch failed; writing its records one by one")
+                self._write(pending, skip_bad=True)
         for cb in callbacks:
             try:
                 cb()
             except Exception:  # noqa: BLE001 - one bad callback must not stop the rest
                 log.exception("after-commit callback failed")
 
+    def _write(self, pending: dict[tuple[str, bytes], bytes | None], skip_bad: bool) -> None:
+        dbs = self.dbs
+        with self.env.begin(write=True) as txn:
+            for (db, key), value in pending.items():
+                try:
+                    if value is None:
+                        txn.delete(key, db=dbs[db])
+                    else:
+                        txn.put(key, value, db=dbs[db])
+                except lmdb.Error:
+                    if not skip_bad:
+                        raise
+                    log.error("dropped an LMDB write to %s (%d-byte key)", db, len(key))
+
     # -- reads --------------------------------------------------------------------
     def get(self, db: str, key: bytes) -> Any:
+        key = dbkey(key)
         if (db, key) in self._pending:
             raw = self._pending[(db, key)]
         else:

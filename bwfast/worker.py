@@ -104,6 +104,10 @@ class Worker:
             self._timers.append(self.loop.call_later(interval, run))
         self._timers.append(self.loop.call_later(interval, run))
 
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
     async def stop(self) -> None:
         """Stop accepting, tell clients (v5 0x8B), keep sessions, flush LMDB."""
         if self._stopping:

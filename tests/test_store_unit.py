@@ -74,3 +74,25 @@ def test_corrupt_schema_record_is_refused(tmp_path):
     env.close()
     with pytest.raises(StoreError, match="corrupt"):
         Store(str(tmp_path))
+
+
+def test_keys_over_lmdbs_limit_are_stored_under_a_digest(tmp_path):
+    s = Store(str(tmp_path), sync=False)
+    topic = ("t/" * 400).encode()  # 800 bytes: over LMDB's 511-byte key limit
+    s.put("retained", topic, ["full topic kept in the value"])
+    s.commit()
+    assert s.get("retained", topic) == ["full topic kept in the value"]
+    s.delete("retained", topic)
+    s.commit()
+    assert s.get("retained", topic) is None
+
+
+def test_one_bad_record_does_not_cost_the_rest_of_the_batch(tmp_path):
+    s = Store(str(tmp_path), sync=False)
+    done: list[bool] = []
+    s.put("sessions", b"good", 1)
+    s._pending[("sessions", b"")] = b"x"  # an empty key: LMDB refuses it
+    s.after_commit(lambda: done.append(True))
+    s.commit()
+    assert s.get("sessions", b"good") == 1
+    assert done == [True]

@@ -10,10 +10,13 @@ from bwfast.listeners import identity_username
 from bwfast.message import FORWARDED, Message
 from bwfast.packet import encode_connack
 from bwfast.session import NEVER_EXPIRES
+from bwfast.store import MAX_KEY
 from bwfast.topics import valid_topic
 
 if TYPE_CHECKING:
     from bwfast.protocol import Connection
+
+MAX_CLIENT_ID = MAX_KEY - 16  # bytes
 
 
 def handle_connect(conn: Connection, p: Any) -> None:
@@ -28,6 +31,11 @@ def handle_connect(conn: Connection, p: Any) -> None:
 
     cid = p.client_id
     assigned = ""
+    if len(cid.encode()) > MAX_CLIENT_ID:
+        # Client ids key LMDB records (with a sequence suffix): refused beyond what
+        # LMDB can key, as [MQTT-3.1.3-5] lets a server limit them.
+        conn.reject(c.CLIENT_ID_NOT_VALID, c.V3_IDENTIFIER_REJECTED)
+        return
     if not cid:
         # [MQTT-3.1.3-8]: 3.1.1 needs clean session for an empty id; 3.1 has no empty ids.
         if p.version == c.MQTT31 or (not v5 and not p.clean_start) or not cfg.allow_zero_length_clientid:

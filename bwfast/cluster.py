@@ -36,8 +36,7 @@ from bwfast.message import Message
 from bwfast.orphans import Orphans
 
 if TYPE_CHECKING:
-    from bwfast.protocol import Connection
-    from bwfast.worker import Worker
+    from bwfast.worker import AckTarget, Worker
 
 log = logging.getLogger("bwfast.cluster")
 
@@ -293,7 +292,7 @@ class Cluster:
     def retained_changed(self, msg: Message) -> None:
         self.bus.broadcast(["ret", msg.to_record()])
 
-    def attach(self, seq: int, conn: Connection, entry: list) -> bool:
+    def attach(self, seq: int, conn: AckTarget, entry: list) -> bool:
         """Tie an ack entry to a seq's answers; False when nothing is awaited any more."""
         w = self.waiters.get(seq)
         if w is None:

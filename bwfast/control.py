@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -36,6 +37,7 @@ class _ControlLink(asyncio.Protocol):
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
         self.transport: Any = None
+        self.acks: deque[list] = deque()
         self.unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
 
     def connection_made(self, transport: Any) -> None:
@@ -44,23 +46,40 @@ class _ControlLink(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.unpacker.feed(data)
         for frame in self.unpacker:
+            req = frame[1] if isinstance(frame, list) and len(frame) > 1 else 0
             try:
                 _, req, command, args = frame
-                result = run_command(self.worker, command, args)
+                result, seq = run_command(self.worker, command, args)
             except Exception as e:  # noqa: BLE001 - the API gets an answer whatever happens
                 log.exception("control command failed")
-                req, result = (frame[1] if isinstance(frame, list) and len(frame) > 1 else 0,
-                               {"ok": False, "error": str(e)})
-            self.transport.write(msgpack.packb(["reply", req, result], use_bin_type=True))
+                result, seq = {"ok": False, "error": str(e)}, 0
+            # Like a PUBACK, the reply waits until the message is durable and every
+            # peer worker it went to has it (worker.ack does that bookkeeping).
+            self.worker.ack(self, msgpack.packb(["reply", req, result], use_bin_type=True),
+                            None, seq)
         self.worker.schedule_tick()
 
+    # The part of the Connection interface worker.ack / release use.
+    @property
+    def closing(self) -> bool:
+        return self.transport is None or self.transport.is_closing()
 
-def run_command(worker: Worker, command: str, args: dict) -> dict:
+    def write(self, data: bytes) -> None:
+        if not self.closing:
+            self.transport.write(data)
+
+    def disconnect(self, reason_code: int, reason: str = "") -> None:
+        if not self.closing:
+            self.transport.close()
+
+
+def run_command(worker: Worker, command: str, args: dict) -> tuple[dict, int]:
+    """Run one API command; return (result, seq of peer confirmations to wait for)."""
     if command == "count":
-        return {"ok": True, "count": worker.sessions.connected_count()}
+        return {"ok": True, "count": worker.sessions.connected_count()}, 0
     topic = args.get("topic", "")
     if not isinstance(topic, str) or not valid_topic(topic):
-        return {"ok": False, "error": "invalid topic"}
+        return {"ok": False, "error": "invalid topic"}, 0
     payload = args.get("message", b"")
     if isinstance(payload, str):
         payload = payload.encode()
@@ -70,13 +89,13 @@ def run_command(worker: Worker, command: str, args: dict) -> dict:
     if command == "send_client":
         session = worker.sessions.sessions.get(args.get("clientid", ""))
         if session is None or session.conn is None:
-            return {"ok": False}
+            return {"ok": False}, 0
         session.deliver(msg, qos, retain, None)
-        return {"ok": True}
+        return {"ok": True}, 0
     if command == "send_all":
-        delivered, _ = worker.publish(msg)
-        return {"ok": True, "delivered": delivered}
-    return {"ok": False, "error": f"unknown command {command}"}
+        delivered, seq = worker.publish(msg, confirm=True)
+        return {"ok": True, "delivered": delivered}, seq
+    return {"ok": False, "error": f"unknown command {command}"}, 0
 
 
 async def start_control(worker: Worker, run_dir: str) -> asyncio.AbstractServer:

@@ -12,8 +12,9 @@ import logging
 import os
 import signal
 import time
+from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from bwfast import codes as c
 from bwfast.auth import verify_password
@@ -34,6 +35,16 @@ if TYPE_CHECKING:
     from bwfast.config import Config
 
 log = logging.getLogger("bwfast.worker")
+
+class AckTarget(Protocol):
+    """Who gets ordered acknowledgements: an MQTT connection or an API control link."""
+
+    acks: deque[list]
+
+    def write(self, data: bytes) -> None: ...
+
+    def disconnect(self, reason_code: int, reason: str = "") -> None: ...
+
 
 CONNECT_TIMEOUT = 10.0  # seconds a socket may stay open without a CONNECT
 SCAN_INTERVAL = 0.25    # keepalive / clock granularity
@@ -159,7 +170,7 @@ class Worker:
         if self.cluster is not None:
             self.cluster.bus.flush()
 
-    def ack(self, conn: Connection, data: bytes, then: Callable[[], Any] | None = None,
+    def ack(self, conn: AckTarget, data: bytes, then: Callable[[], Any] | None = None,
             seq: int = 0) -> None:
         """Send an acknowledgement once what it confirms holds.
 
@@ -182,7 +193,7 @@ class Worker:
             return
         acks.append(entry)
 
-    def release(self, conn: Connection, entry: list) -> None:
+    def release(self, conn: AckTarget, entry: list) -> None:
         """One thing an ack waited for is done; send every ack now free, in order."""
         entry[1] -= 1
         acks = conn.acks

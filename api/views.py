@@ -45,6 +45,7 @@ def device_row(key: bytes, rec: dict[str, Any]) -> dict[str, Any]:
         "device_connected_time": connected_ms(rec),
         "status": "active" if rec.get("status") == "active" else "inactive",
         "device_id": cid,
+        "listener": str(rec.get("listener") or "mqtt"),
     }
 
 

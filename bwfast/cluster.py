@@ -13,7 +13,7 @@ lists whose first item names the kind:
     ["ret", rec]                   retained message set or cleared on k
     ["take", k, cid, clean, seq]   k has a CONNECT for cid, which we hold
     ["taken", j, seq, present]     j closed/saved cid's session
-    ["stats", k, counters, connected, sessions, subs]
+    ["stats", k, counters, connected, sessions, subs, {listener: connected}]
 
 The route table's truth is LMDB (`routes`: filter NUL worker -> [filter, worker]), read by a
 worker at start; the tries are the fast copy. `clients` (client id ->
@@ -371,5 +371,6 @@ class Cluster:
             self.worker.store.delete("clients", key)
 
     # -- figures ---------------------------------------------------------------------------------------------
-    def share_stats(self, counters: dict[str, int], connected: int, sessions: int, subs: int) -> None:
-        self.bus.broadcast(["stats", self.index, counters, connected, sessions, subs])
+    def share_stats(self, counters: dict[str, int], connected: int, sessions: int, subs: int,
+                    listeners: dict[str, int]) -> None:
+        self.bus.broadcast(["stats", self.index, counters, connected, sessions, subs, listeners])

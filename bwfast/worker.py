@@ -295,9 +295,14 @@ class Worker:
         counters = self.stats.snapshot()
         connected = self.sessions.connected_count()
         subs = sum(len(s.subs) for s in self.sessions.sessions.values())
-        rows: dict[int, list[Any]] = {self.index: [counters, connected, len(self.sessions), subs]}
+        listeners: dict[str, int] = {}
+        for conn in self.conns:
+            if conn.session is not None and not conn.closing:
+                listeners[conn.listener] = listeners.get(conn.listener, 0) + 1
+        rows: dict[int, list[Any]] = {
+            self.index: [counters, connected, len(self.sessions), subs, listeners]}
         if self.cluster is not None:
-            self.cluster.share_stats(counters, connected, len(self.sessions), subs)
+            self.cluster.share_stats(counters, connected, len(self.sessions), subs, listeners)
             if self.index != 0:
                 return
             rows.update(self.cluster.peer_stats)
@@ -307,9 +312,23 @@ class Worker:
                             len(self.retained), self.nworkers, int(time.time() - self.stats.started))
         for k, r in rows.items():
             topics[f"$SYS/broker/workers/{k}/clients/connected"] = str(r[1])
+        for name in self.enabled_listeners():
+            count = sum(r[4].get(name, 0) for r in rows.values() if len(r) > 4)
+            topics[f"$SYS/broker/listeners/{name}/clients/connected"] = str(count)
         for topic, payload in topics.items():
             msg = Message(topic, payload.encode(), 0, True)
             self.publish_local(msg)
+
+    def enabled_listeners(self) -> list[str]:
+        cfg = self.cfg
+        names = ["mqtt"]
+        if cfg.tls.enabled:
+            names.append("tls")
+        if cfg.websocket.enabled:
+            names.append("ws")
+            if cfg.tls.enabled:
+                names.append("wss")
+        return names
 
     def publish_local(self, msg: Message) -> None:
         """A broker-made message ($SYS): routed everywhere, retained in memory only."""

@@ -139,3 +139,24 @@ def test_sys_version_names_bwfast(watcher: SysWatcher) -> None:
 
     version = watcher.latest["$SYS/broker/version"]
     assert "bwfast" in version.lower() and bwfast.__version__ in version, (version, BROKER_KIND)
+
+
+@pytest.mark.bwfast_only
+def test_sys_clients_per_listener_and_per_worker(
+    mq: Clients, sys_broker: Broker, watcher: SysWatcher
+) -> None:
+    """Which listener and which worker clients came in on: per-listener and
+    per-worker counts, each summing to clients/connected."""
+    total = "$SYS/broker/clients/connected"
+    listener = "$SYS/broker/listeners/mqtt/clients/connected"
+    extra = [mq.raw_connected(V311, broker=sys_broker) for _ in range(4)]
+
+    def consistent() -> bool:
+        per_worker = [watcher.number(t) for t in watcher.latest
+                      if t.startswith("$SYS/broker/workers/")]
+        n = watcher.number(total)
+        return n >= 5 and watcher.number(listener) == n and sum(per_worker) == n
+
+    watcher.wait("per-listener and per-worker counts that sum up", consistent)
+    for c in extra:
+        c.disconnect()

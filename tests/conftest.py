@@ -27,6 +27,10 @@ from typing import Any
 import pytest
 from mqtt_helpers import V5, V311, PahoClient, RawClient
 
+# The checkout's own tools (perf/) are importable, but last on the path: bwfast
+# itself must come from what `pip install .` installed, compiled extensions and all.
+sys.path.append(str(Path(__file__).resolve().parent.parent))
+
 BROKER_KIND = os.environ.get("BWFAST_TEST_BROKER", "bwfast").strip().lower() or "bwfast"
 MOSQUITTO = BROKER_KIND == "mosquitto"
 WORKER_COUNTS = [int(w) for w in os.environ.get("BWFAST_TEST_WORKERS", "1,4").split(",") if w.strip()]

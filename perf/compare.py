@@ -118,6 +118,12 @@ def main(args: argparse.Namespace, over: dict) -> int:
                                "procs": cases[0].procs},
                   "notes": [], "ceiling": [], "cases": [scenarios.describe(c) for c in cases],
                   "runs": []}
+    load = os.getloadavg()[0]
+    data["machine"]["load_before"] = round(load, 2)
+    if load > 0.5:
+        _note(data["notes"], f"the machine was busy before the run (load average {load:.2f}): "
+              "other work competes with the brokers and the harness for the cores; "
+              "expect noisy figures.")
     tmp = Path(tempfile.mkdtemp(prefix="bwfast-perf-"))
     running: dict[str, Broker] = {}
     keep_tmp = False

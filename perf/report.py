@@ -96,7 +96,7 @@ def markdown(data: dict) -> str:
     m = data.get("machine", {})
     out = [f"Run {data.get('when', '?')}: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, "
            f"{m.get('memory_gb', '?')} GB, Linux {m.get('kernel', '?')}, "
-           f"Python {m.get('python', '?')}, {m.get('mosquitto', 'mosquitto: not installed')}, "
+           f"Python {m.get('python', '?')}, {m.get('mosquitto') or 'mosquitto not installed'}, "
            f"bwfast {m.get('bwfast_commit', '?')}; "
            + ", ".join(f"{k} {v}" for k, v in data.get("settings", {}).items()) + "."]
     for note in data.get("notes", []):

@@ -120,7 +120,7 @@ def main(args: argparse.Namespace, over: dict) -> int:
                   "runs": []}
     load = os.getloadavg()[0]
     data["machine"]["load_before"] = round(load, 2)
-    if load > 0.5:
+    if load > 1.0:
         _note(data["notes"], f"the machine was busy before the run (load average {load:.2f}): "
               "other work competes with the brokers and the harness for the cores; "
               "expect noisy figures.")

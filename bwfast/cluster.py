@@ -26,7 +26,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 
@@ -34,6 +34,7 @@ from bwfast.bus import Bus
 from bwfast.codes import UNSPECIFIED_ERROR
 from bwfast.message import Message
 from bwfast.orphans import Orphans
+from bwfast.registry import MOVE_TIMEOUT
 
 if TYPE_CHECKING:
     from bwfast.worker import AckTarget, Worker
@@ -42,6 +43,10 @@ log = logging.getLogger("bwfast.cluster")
 
 CONFIRM_TIMEOUT = 15.0  # seconds an ack waits for peers; then the publisher is disconnected
 TAKE_TIMEOUT = 2.0
+
+
+def _stop_watching(session: Any) -> None:
+    session.seen = None
 
 
 def route_key(filt: str, worker: int) -> bytes:
@@ -56,6 +61,7 @@ class Cluster:
         self.bus = Bus(worker.index, nworkers, os.path.join(worker.cfg.broker.data_dir, "run"),
                        self.on_frame, self.on_peer_up, self.on_peer_down, worker.schedule_tick)
         self._seq = 0
+        self._mid = 0
         # seq -> [peers still to answer, conn, ack entry, deadline, is a route announcement]
         self.waiters: dict[int, list] = {}
         self.takes: dict[int, tuple[Callable[[bool], None], float, int]] = {}
@@ -71,6 +77,11 @@ class Cluster:
             "ret": self._on_retained, "take": self._on_take, "taken": self._on_taken,
             "stats": self._on_stats, "sfwd": self._on_session_forward, "moved": self._on_moved,
         }
+
+    def new_mid(self) -> int:
+        """A message id unique across workers (see Session.seen)."""
+        self._mid += 1
+        return ((self.index + 1) << 48) | self._mid
 
     def next_seq(self) -> int:
         self._seq += 1
@@ -244,6 +255,10 @@ class Cluster:
         owner = self.moving.pop(cid, None)
         if owner is not None:
             self.bus.send(owner, ["moved", self.index, cid])
+            session = self.worker.sessions.sessions.get(cid)
+            if session is not None and session.seen is not None:
+                # What the old holder forwarded before it heard "moved" is here by then.
+                self.worker.loop.call_later(2.0, _stop_watching, session)
 
     # -- routes out ----------------------------------------------------------------------------------
     def routes_added(self, filters: list[str]) -> int:
@@ -344,6 +359,11 @@ class Cluster:
             self._adopt(cid, clean, owner)
             if present and not clean:
                 self.moving[cid] = owner
+                session = self.worker.sessions.sessions.get(cid)
+                if session is not None:
+                    # Until the old holder stops forwarding, some messages come twice.
+                    session.seen = set()
+                    self.worker.loop.call_later(MOVE_TIMEOUT + 5, _stop_watching, session)
             proceed()
 
         self.takes[seq] = (taken, time.monotonic() + TAKE_TIMEOUT, owner)

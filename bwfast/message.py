@@ -28,7 +28,7 @@ class Message:
     """One application message. ``props`` holds only forwardable v5 properties."""
 
     __slots__ = ("topic", "payload", "qos", "retain", "props", "expiry_at", "origin",
-                 "variants", "created")
+                 "variants", "created", "mid")
 
     def __init__(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False,
                  props: dict | None = None, expiry_at: float = 0.0, origin: str = "",
@@ -42,6 +42,7 @@ class Message:
         self.origin = origin        # client id of the publisher (no-local)
         self.variants: dict | None = None
         self.created = created or time.time()
+        self.mid = 0  # cluster-wide id (multi-worker): lets a moving session drop a repeat
 
     @classmethod
     def from_publish(cls, topic: str, pkt: Any, origin: str, now: float) -> Message:
@@ -95,12 +96,15 @@ class Message:
     # -- persistence ---------------------------------------------------------------
     def to_record(self) -> list:
         return [self.topic, self.payload, self.qos, self.retain, self.props, self.expiry_at,
-                self.origin, self.created]
+                self.origin, self.created, self.mid]
 
     @classmethod
     def from_record(cls, rec: list) -> Message:
-        topic, payload, qos, retain, props, expiry_at, origin, created = rec
+        topic, payload, qos, retain, props, expiry_at, origin, created = rec[:8]
         if props:
             props = {int(k): (
                 [tuple(p) for p in v] if int(k) == USER_PROPERTY else v) for k, v in props.items()}
-        return cls(topic, payload, qos, retain, props or None, expiry_at, origin, created)
+        msg = cls(topic, payload, qos, retain, props or None, expiry_at, origin, created)
+        if len(rec) > 8:
+            msg.mid = rec[8]
+        return msg

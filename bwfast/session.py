@@ -57,7 +57,7 @@ class Session:
     __slots__ = ("client_id", "worker", "version", "expiry", "subs", "inflight", "queue",
                  "qos2_in", "conn", "next_pid", "seq", "receive_max", "max_packet",
                  "will", "will_delay", "will_handle", "expiry_handle", "disconnected_at",
-                 "stored", "live", "moved_to")
+                 "stored", "live", "moved_to", "seen")
 
     def __init__(self, client_id: str, worker: Worker) -> None:
         self.client_id = client_id
@@ -81,6 +81,7 @@ class Session:
         self.stored = False                  # has a record in LMDB
         self.live = False                    # CONNACK sent: messages may go out
         self.moved_to = -1                   # >= 0: handed over to that worker, forward there
+        self.seen: set[int] | None = None    # while moving here: ids of messages delivered
 
     @property
     def persistent(self) -> bool:
@@ -93,6 +94,12 @@ class Session:
             # Handed over to another worker that is still taking over our routes.
             self.worker.forward_to_session(self.moved_to, self, msg, qos, retain, sub_ids)
             return
+        seen = self.seen
+        if seen is not None and msg.mid:
+            # Moving in from another worker: a message may come both ways, once.
+            if msg.mid in seen:
+                return
+            seen.add(msg.mid)
         conn = self.conn
         self.worker.history.command(self.client_id, msg)
         if qos == 0:

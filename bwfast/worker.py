@@ -231,6 +231,8 @@ class Worker:
         With ``confirm`` (a QoS 1/2 PUBLISH), the returned seq is answered once
         every peer it was forwarded to holds it durably.
         """
+        if self.cluster is not None and not msg.mid:
+            msg.mid = self.cluster.new_mid()
         n, forwards = self.router.publish(msg)
         seq = 0
         if forwards:

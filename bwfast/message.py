@@ -16,6 +16,7 @@ from bwfast.codes import (
     PAYLOAD_FORMAT_INDICATOR,
     RESPONSE_TOPIC,
     SUBSCRIPTION_IDENTIFIER,
+    TOPIC_ALIAS,
     USER_PROPERTY,
 )
 from bwfast.packet import encode_publish, set_packet_id
@@ -60,16 +61,24 @@ class Message:
         return self.expiry_at != 0.0 and now >= self.expiry_at
 
     def encode(self, version: int, qos: int, retain: bool, packet_id: int = 0,
-               sub_ids: list[int] | None = None, dup: bool = False) -> bytes:
+               sub_ids: list[int] | None = None, dup: bool = False, alias: int = 0,
+               alias_known: bool = False) -> bytes:
         """The PUBLISH bytes for one subscriber.
 
-        Shared variants are cached; a message with an expiry interval or
-        subscription identifiers is encoded per delivery because those
-        properties differ per subscriber or per moment [MQTT-3.3.2-6].
+        Shared variants are cached; a message with an expiry interval,
+        subscription identifiers or a topic alias is encoded per delivery
+        because those properties differ per subscriber or per moment
+        [MQTT-3.3.2-6].
         """
-        if sub_ids or self.expiry_at or dup:
-            return encode_publish(self.topic, self.payload, qos, retain, dup, packet_id, version,
-                                  self._props(version, sub_ids))
+        if sub_ids or self.expiry_at or dup or alias:
+            props = self._props(version, sub_ids)
+            topic = self.topic
+            if alias:
+                props = props or {}
+                props[TOPIC_ALIAS] = alias
+                if alias_known:
+                    topic = ""  # the alias alone names the topic [MQTT-3.3.2-12]
+            return encode_publish(topic, self.payload, qos, retain, dup, packet_id, version, props)
         key = (version, qos, retain)
         variants = self.variants
         if variants is None:

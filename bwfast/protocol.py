@@ -41,7 +41,9 @@ class Connection(asyncio.Protocol):
         self.keepalive = 0
         self.last_rx = worker.now
         self.created = worker.now
-        self.aliases: dict[int, str] = {}
+        self.aliases: dict[int, str] = {}      # client -> server topic aliases
+        self.alias_max_out = 0                 # server -> client: the client's Topic Alias Maximum
+        self.out_aliases: dict[str, int] = {}
         self.connect_seen = False
         self.closing = False
         self.graceful = False      # DISCONNECT received: no will [MQTT-3.1.2-10]

@@ -104,7 +104,7 @@ class Session:
         self.worker.history.command(self.client_id, msg)
         if qos == 0:
             if self.live:
-                self._send(conn, msg.encode(self.version, 0, retain, 0, sub_ids))  # type: ignore[arg-type]
+                self._send(conn, msg, 0, retain, 0, sub_ids)  # type: ignore[arg-type]
             elif self.persistent or conn is not None:
                 self._enqueue(msg, 0, retain, sub_ids)
             return
@@ -113,11 +113,24 @@ class Session:
             return
         self._send_inflight([AWAIT_ACK, msg, qos, retain, sub_ids, self._persist_new(msg, qos, retain, sub_ids)])
 
-    def _send(self, conn: Connection, data: bytes) -> bool:
+    def _send(self, conn: Connection, msg: Message, qos: int, retain: bool, pid: int,
+              sub_ids: list[int] | None, dup: bool = False) -> bool:
+        alias = 0
+        new_alias = False
+        if conn.alias_max_out:
+            # v5 Topic Alias towards the client, up to its Topic Alias Maximum (§3.3.2.3.4).
+            aliases = conn.out_aliases
+            alias = aliases.get(msg.topic, 0)
+            if not alias and len(aliases) < conn.alias_max_out:
+                alias = len(aliases) + 1
+                new_alias = True
+        data = msg.encode(self.version, qos, retain, pid, sub_ids, dup, alias, not new_alias)
         if self.max_packet and len(data) > self.max_packet:
             # [MQTT-3.1.2-25]: never send a packet over the client's maximum; drop it.
             self.worker.stats.dropped += 1
             return False
+        if new_alias:  # the client learns an alias only from a packet it gets
+            conn.out_aliases[msg.topic] = alias
         conn.write(data)
         self.worker.stats.msgs_sent += 1
         return True
@@ -152,8 +165,7 @@ class Session:
         assert conn is not None
         pid = self._alloc_pid()
         msg, qos, retain, sub_ids, seq = entry[1], entry[2], entry[3], entry[4], entry[5]
-        data = msg.encode(self.version, qos, retain, pid, sub_ids)
-        if not self._send(conn, data):
+        if not self._send(conn, msg, qos, retain, pid, sub_ids):
             if seq:
                 self.worker.store.delete("queue", queue_key(self.client_id, seq))
             return
@@ -180,7 +192,7 @@ class Session:
                     self.worker.store.delete("queue", queue_key(self.client_id, entry[5]))
                 continue
             if entry[2] == 0:
-                self._send(conn, msg.encode(self.version, 0, entry[3], 0, entry[4]))
+                self._send(conn, msg, 0, entry[3], 0, entry[4])
             else:
                 self._send_inflight(entry)
 
@@ -231,8 +243,7 @@ class Session:
             if entry[0] == AWAIT_COMP:
                 conn.write(encode_ack(PUBREL, pid, 0, self.version))
             else:
-                msg = entry[1]
-                conn.write(msg.encode(self.version, entry[2], entry[3], pid, entry[4], dup=True))
+                self._send(conn, entry[1], entry[2], entry[3], pid, entry[4], dup=True)
         self.pump()
 
     def discard_state(self) -> None:

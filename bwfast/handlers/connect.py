@@ -101,6 +101,7 @@ def handle_connect(conn: Connection, p: Any) -> None:
         if v5:
             session.receive_max = min(cfg.max_inflight, props.get(c.RECEIVE_MAXIMUM, 65535))
             session.max_packet = props.get(c.MAXIMUM_PACKET_SIZE, 0)
+            conn.alias_max_out = min(props.get(c.TOPIC_ALIAS_MAXIMUM, 0), cfg.topic_alias_maximum)
             ack_props = _connack_props(conn, assigned, server_keepalive)
         # CONNACK once the session is durable and every worker routes its
         # subscriptions here; only then may anything else go to the client.

@@ -174,8 +174,11 @@ class Session:
             self._persist_state(pid, entry)
 
     def _persist_state(self, pid: int, entry: list) -> None:
+        # The message is already durable; its packet id and state only spare a
+        # redelivery after a crash, so they are not worth an fsync.
         self.worker.store.put("queue", queue_key(self.client_id, entry[5]),
-                              [entry[1].to_record(), entry[2], entry[3], entry[4], pid, entry[0]])
+                              [entry[1].to_record(), entry[2], entry[3], entry[4], pid, entry[0]],
+                              durable=False)
 
     def pump(self) -> None:
         """Move queued messages into flight while the receive maximum allows."""
@@ -230,8 +233,9 @@ class Session:
         return True
 
     def _forget(self, entry: list) -> None:
+        """Acknowledged: the record goes (no fsync: at worst it is delivered again)."""
         if entry[5]:
-            self.worker.store.delete("queue", queue_key(self.client_id, entry[5]))
+            self.worker.store.delete("queue", queue_key(self.client_id, entry[5]), durable=False)
 
     # -- reconnect ------------------------------------------------------------------
     def resume(self) -> None:

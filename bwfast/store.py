@@ -25,6 +25,12 @@ DB_NAMES = (
     "meta", "sessions", "subs", "routes", "retained", "queue", "inflight", "auth",
     "devices", "events", "commands", "wills", "revoked", "clients",
 )
+# What the broker acknowledges lives here: with [persistence] sync, a batch that
+# touches these is fsynced before its acks go out. Other records (the device
+# registry, history, ownership) are committed with the same batch but without
+# an fsync of their own: a power cut may lose their last moments, never an
+# acknowledged message.
+DURABLE_DBS = frozenset({"sessions", "queue", "inflight", "retained", "auth", "meta", "revoked"})
 DEFAULT_MAP_SIZE = 8 << 30  # sparse file; grows on demand up to this
 MAX_KEY = 480  # LMDB's limit is 511 bytes; a topic may be 65535
 
@@ -62,8 +68,10 @@ class Store:
         self.sync = sync
         try:
             self.env = lmdb.open(
-                path, map_size=map_size, max_dbs=len(DB_NAMES) + 2, sync=sync,
-                metasync=sync, max_readers=512, readahead=False,
+                # No fsync per commit: commit() syncs itself when a batch holds
+                # durable records (see DURABLE_DBS).
+                path, map_size=map_size, max_dbs=len(DB_NAMES) + 2, sync=False,
+                metasync=False, max_readers=512, readahead=False,
             )
         except lmdb.Error as e:
             raise StoreError(f"cannot open LMDB environment in {path}: {e}") from e
@@ -71,6 +79,7 @@ class Store:
         self.dbs = {name: self.env.open_db(name.encode()) for name in DB_NAMES}
         self._pending: dict[tuple[str, bytes], bytes | None] = {}
         self._callbacks: list[Callable[[], None]] = []
+        self._needs_sync = False
         self._check_schema()
 
     # -- schema -----------------------------------------------------------------
@@ -92,14 +101,22 @@ class Store:
     def dirty(self) -> bool:
         return bool(self._pending) or bool(self._callbacks)
 
-    def put(self, db: str, key: bytes, value: Any) -> None:
+    def put(self, db: str, key: bytes, value: Any, durable: bool | None = None) -> None:
+        """Stage a write; ``durable=False`` skips the fsync for a record whose loss in
+        a power cut costs nothing acknowledged (default: by database)."""
         self._pending[(db, dbkey(key))] = pack(value)
+        if durable or (durable is None and db in DURABLE_DBS):
+            self._needs_sync = True
 
     def put_raw(self, db: str, key: bytes, value: bytes) -> None:
         self._pending[(db, dbkey(key))] = value
+        if db in DURABLE_DBS:
+            self._needs_sync = True
 
-    def delete(self, db: str, key: bytes) -> None:
+    def delete(self, db: str, key: bytes, durable: bool | None = None) -> None:
         self._pending[(db, dbkey(key))] = None
+        if durable or (durable is None and db in DURABLE_DBS):
+            self._needs_sync = True
 
     def pending_keys(self) -> dict[tuple[str, bytes], bytes | None]:
         """Staged, uncommitted writes (read-only view for callers that must skip them)."""
@@ -112,6 +129,7 @@ class Store:
         """Write everything staged in one transaction, then run the callbacks."""
         pending, self._pending = self._pending, {}
         callbacks, self._callbacks = self._callbacks, []
+        needs_sync, self._needs_sync = self._needs_sync, False
         if pending:
             try:
                 self._write(pending, skip_bad=False)
@@ -119,6 +137,8 @@ class Store:
                 # One bad record must not cost everyone else's writes (and acks).
                 log.exception("LMDB batch failed; writing its records one by one")
                 self._write(pending, skip_bad=True)
+            if needs_sync and self.sync:
+                self.env.sync(True)
         for cb in callbacks:
             try:
                 cb()

@@ -96,3 +96,32 @@ def test_one_bad_record_does_not_cost_the_rest_of_the_batch(tmp_path):
     s.commit()
     assert s.get("sessions", b"good") == 1
     assert done == [True]
+
+
+def test_only_batches_with_acknowledged_state_are_fsynced(tmp_path, monkeypatch):
+    s = Store(str(tmp_path), sync=True)
+    syncs: list[bool] = []
+    real_sync = s.env.sync
+    monkeypatch.setattr(s, "env", _SyncSpy(s.env, syncs, real_sync))
+    s.put("devices", b"d1", {"status": "active"})   # registry: no fsync of its own
+    s.commit()
+    s.delete("queue", b"c\x00" + (1).to_bytes(8, "big"), durable=False)  # an ack
+    s.commit()
+    assert syncs == []
+    s.put("queue", b"c\x00" + (2).to_bytes(8, "big"), [1])  # a message to keep
+    s.commit()
+    assert syncs == [True]
+
+
+class _SyncSpy:
+    """The real environment, with sync() calls recorded."""
+
+    def __init__(self, env, calls, real_sync):
+        self._env, self._calls, self._real = env, calls, real_sync
+
+    def sync(self, force=False):
+        self._calls.append(force)
+        return self._real(force)
+
+    def __getattr__(self, name):
+        return getattr(self._env, name)

@@ -73,6 +73,8 @@ class Bus:
         self.request_flush = request_flush
         self.links: dict[int, _OutLink] = {}
         self.out: dict[int, list[bytes]] = {p: [] for p in self.peers}
+        # Forwarded messages of this iteration, one ["pubs", ...] frame per peer.
+        self.items: dict[int, list[Any]] = {p: [] for p in self.peers}
         self.server: asyncio.AbstractServer | None = None
         self.closed = False
         self.frames_sent = 0
@@ -121,7 +123,24 @@ class Bus:
     def send(self, peer: int, frame: Any) -> None:
         self.send_packed(peer, msgpack.packb(frame, use_bin_type=True))
 
+    def queue_item(self, peer: int, item: Any) -> None:
+        """A forwarded message: batched with the others of this loop iteration."""
+        items = self.items[peer]
+        if not items:
+            self.request_flush()
+        items.append(item)
+
+    def _seal(self, peer: int) -> None:
+        items = self.items[peer]
+        if items:
+            self.items[peer] = []
+            self._append(peer, msgpack.packb(["pubs", self.index, items], use_bin_type=True))
+
     def send_packed(self, peer: int, data: bytes) -> None:
+        self._seal(peer)  # frames keep their order with the batched messages
+        self._append(peer, data)
+
+    def _append(self, peer: int, data: bytes) -> None:
         out = self.out[peer]
         if len(out) >= MAX_HELD_FRAMES:
             log.warning("worker %d unreachable: dropping a frame", peer)
@@ -136,6 +155,8 @@ class Bus:
             self.send_packed(peer, data)
 
     def flush(self) -> None:
+        for peer in self.peers:
+            self._seal(peer)
         for peer, out in self.out.items():
             if out:
                 link = self.links.get(peer)

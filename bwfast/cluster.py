@@ -7,8 +7,9 @@ lists whose first item names the kind:
     ["r+", k, [filters], seq]      k has its first local subscriber of these filters
     ["ra", j, seq]                 j applied route seq (SUBACK waits for every peer)
     ["r-", k, [filters]]           k has no local subscriber of these any more
-    ["pub", k, rec, normal, groups, seq]
-                                   a message k matched for us; seq != 0: reply when durable
+    ["pubs", k, [[rec, normal, groups, seq], ...]]
+                                   messages k matched for us (one frame per iteration);
+                                   seq != 0: reply when durable
     ["done", j, seq]               j has the message of seq (committed to LMDB)
     ["ret", rec]                   retained message set or cleared on k
     ["take", k, cid, clean, seq]   k has a CONNECT for cid, which we hold
@@ -28,8 +29,6 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import msgpack
-
 from bwfast.bus import Bus
 from bwfast.codes import UNSPECIFIED_ERROR
 from bwfast.message import Message
@@ -37,6 +36,7 @@ from bwfast.orphans import Orphans
 from bwfast.registry import MOVE_TIMEOUT
 
 if TYPE_CHECKING:
+    from bwfast.session import Session
     from bwfast.worker import AckTarget, Worker
 
 log = logging.getLogger("bwfast.cluster")
@@ -68,12 +68,11 @@ class Cluster:
         self.moving: dict[str, int] = {}  # client id -> worker that handed its session to us
         self.orphans: dict[int, Orphans] = {}  # dead peer -> its persistent sessions
         self.peer_stats: dict[int, list] = {}
-        self.forwarded = 0
         self.hellos: set[int] = set()
         self.ready = asyncio.Event()  # every peer linked both ways and its routes known
         self.handlers: dict[str, Callable[[list], None]] = {
             "hello": self._on_hello, "r+": self._on_route_add, "ra": self._on_answer,
-            "r-": self._on_route_remove, "pub": self._on_pub, "done": self._on_answer,
+            "r-": self._on_route_remove, "pubs": self._on_pubs, "done": self._on_answer,
             "ret": self._on_retained, "take": self._on_take, "taken": self._on_taken,
             "stats": self._on_stats, "sfwd": self._on_session_forward, "moved": self._on_moved,
         }
@@ -137,9 +136,10 @@ class Cluster:
         self._check_ready()
 
     def on_peer_down(self, peer: int) -> None:
-        """A peer died: it reads our routes from LMDB when it is back, so route
-        announcements stop waiting for it. Forwarded messages keep waiting: the
-        bus holds them for the restarted peer, which confirms them then."""
+        """A peer died. Route announcements stop waiting for it (it reads routes
+        from LMDB when it is back). Messages it never confirmed, and those routed
+        to it until it is back, go to its persistent sessions' LMDB queues
+        (orphans.py); frames still held for it are delivered when it returns."""
         self.hellos.discard(peer)
         if self.worker.stopping:
             return
@@ -149,9 +149,9 @@ class Cluster:
         store = self.worker.store
         for seq, w in list(self.waiters.items()):
             if not w[4] and peer in w[0]:
-                frame = msgpack.unpackb(w[5][peer], raw=False, strict_map_key=False)
-                if frame[3]:
-                    orphans.deliver(Message.from_record(frame[2]))
+                rec, normal = w[5][peer][:2]
+                if normal:
+                    orphans.deliver(Message.from_record(rec))
                 store.after_commit(self._answer_later(peer, seq))
         self.worker.schedule_tick()
         for seq, (cb, _, owner) in list(self.takes.items()):
@@ -184,10 +184,14 @@ class Cluster:
         for filt in f[2]:
             self.worker.router.remove_peer_route(f[1], filt)
 
-    def _on_pub(self, f: list) -> None:
-        _, origin, rec, normal, groups, seq = f
+    def _on_pubs(self, f: list) -> None:
+        origin = f[1]
+        for rec, normal, groups, seq in f[2]:
+            self._deliver_pub(origin, rec, normal, groups, seq)
+
+    def _deliver_pub(self, origin: int, rec: list, normal: bool, groups: list, seq: int) -> None:
         msg = Message.from_record(rec)
-        self.worker.router.deliver_forwarded(msg, normal, [tuple(g) for g in groups])
+        self.worker.router.deliver_forwarded(msg, normal, [tuple(g) for g in groups] if groups else [])
         if seq:
             store = self.worker.store
             reply = ["done", self.index, seq]
@@ -293,10 +297,10 @@ class Cluster:
                     orphans[peer].deliver(msg)  # into LMDB: the ack waits for the commit
                 del forwards[peer]
                 continue
-            data = msgpack.packb(["pub", self.index, rec, normal, groups, seq], use_bin_type=True)
-            self.bus.send_packed(peer, data)
-            frames[peer] = data
-        self.forwarded += len(forwards)
+            item = [rec, normal, groups, seq]
+            self.bus.queue_item(peer, item)
+            frames[peer] = item
+        self.worker.stats.forwarded += len(forwards)
         if confirm and forwards:
             # The frames are kept until answered: a peer that dies before answering
             # gets them again when it is back (at least once, never lost).
@@ -379,10 +383,23 @@ class Cluster:
             sessions.forget(cid)
         else:
             session = sessions.adopt(cid)
-            if session is not None and owner in self.orphans:
-                # Peers may still be writing to its LMDB queue: look again shortly.
+            if session is not None and not self.bus.is_up(owner):
+                # Its holder died. Peers may still route messages to the dead one:
+                # the record says where the session came from, so that their
+                # orphan handling (orphans.py) finds it here, once (mid), and
+                # what they wrote to its LMDB queue meanwhile is picked up.
+                session.adopted_from = owner
+                session.seen = set()
+                sessions.save(session)
                 sessions.rescan_later(session)
+                self.worker.loop.call_later(MOVE_TIMEOUT, self._settled, session)
         self.worker.store.put("clients", cid.encode(), self.index)
+
+    def _settled(self, session: Session) -> None:
+        session.adopted_from = -1
+        session.seen = None
+        if self.worker.sessions.sessions.get(session.client_id) is session:
+            self.worker.sessions.save(session)
 
     def released(self, cid: str) -> None:
         """A non-persistent session ended here: nobody holds cid any more."""

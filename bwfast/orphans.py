@@ -28,11 +28,10 @@ class Orphans:
         self.trie = SubTrie()
         self._last_seq = 0
         store = cluster.worker.store
-        for key, owner in store.items("clients"):
-            if owner != peer:
-                continue
-            rec = store.get("sessions", key)
-            if rec is None:
+        for key, rec in store.items("sessions"):
+            # Held by the dead worker, or just taken from it by a live one (whose
+            # copy then gets the messages routed to the dead one, once).
+            if rec.get("f", -1) != peer and store.get("clients", key) != peer:
                 continue
             cid = key.decode()
             for filt, opts in rec["s"].items():

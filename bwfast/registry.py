@@ -324,6 +324,7 @@ class SessionRegistry:
             "s": {f: o.to_record() for f, o in session.subs.items()},
             "d": session.disconnected_at if session.conn is None else 0,
             "p": session.next_pid,
+            "f": session.adopted_from,  # >= 0: taken from that dead worker a moment ago
         })
         session.stored = True
 

@@ -57,7 +57,7 @@ class Session:
     __slots__ = ("client_id", "worker", "version", "expiry", "subs", "inflight", "queue",
                  "qos2_in", "conn", "next_pid", "seq", "receive_max", "max_packet",
                  "will", "will_delay", "will_handle", "expiry_handle", "disconnected_at",
-                 "stored", "live", "moved_to", "seen")
+                 "stored", "live", "moved_to", "seen", "adopted_from")
 
     def __init__(self, client_id: str, worker: Worker) -> None:
         self.client_id = client_id
@@ -82,6 +82,7 @@ class Session:
         self.live = False                    # CONNACK sent: messages may go out
         self.moved_to = -1                   # >= 0: handed over to that worker, forward there
         self.seen: set[int] | None = None    # while moving here: ids of messages delivered
+        self.adopted_from = -1               # >= 0: just taken from that dead worker
 
     @property
     def persistent(self) -> bool:
@@ -99,6 +100,8 @@ class Session:
             # Moving in from another worker: a message may come both ways, once.
             if msg.mid in seen:
                 return
+            if len(seen) >= 200_000:  # bounded: past that a repeat is possible (QoS 1 allows it)
+                seen.clear()
             seen.add(msg.mid)
         conn = self.conn
         self.worker.history.command(self.client_id, msg)

@@ -2,8 +2,15 @@
 from __future__ import annotations
 
 import time
+from importlib.machinery import EXTENSION_SUFFIXES
 
-from bwfast import __version__
+from bwfast import __version__, packet, topics
+
+
+def compiled_modules() -> str:
+    """Which hot-path modules this process runs compiled (STYLE: no silent fallback)."""
+    return " ".join(m.__name__.rsplit(".", 1)[1] for m in (packet, topics)
+                    if m.__file__ and m.__file__.endswith(tuple(EXTENSION_SUFFIXES)))
 
 
 class Stats:
@@ -30,6 +37,7 @@ def sys_topics(totals: dict[str, int], connected: int, sessions: int, subscripti
     """The `$SYS` topic -> payload map for one publication (Mosquitto-compatible names)."""
     return {
         "$SYS/broker/version": f"bwfast {__version__}",
+        "$SYS/broker/compiled": compiled_modules(),
         "$SYS/broker/uptime": f"{uptime} seconds",
         "$SYS/broker/clients/connected": str(connected),
         "$SYS/broker/clients/active": str(connected),

@@ -19,6 +19,32 @@ def hash_password(password: str | bytes) -> dict[str, Any]:
     return {"alg": "scrypt", "n": N, "r": R, "p": P, "salt": salt, "hash": digest}
 
 
+class VerifiedCache:
+    """Recently verified credentials, so a reconnect storm costs one scrypt per
+    device, not one per CONNECT. Keyed by username; holds a fast digest of the
+    password with the record's salt (never the password) and the stored hash it
+    was checked against, so an edit_auth/remove_auth takes effect at once."""
+
+    def __init__(self, maxsize: int = 100_000) -> None:
+        self.maxsize = maxsize
+        self.entries: dict[str, tuple[bytes, bytes]] = {}
+
+    def check(self, username: str, record: dict[str, Any] | None, password: bytes) -> bool:
+        if record is None or record.get("alg") != "scrypt":
+            self.entries.pop(username, None)
+            return False
+        quick = hashlib.sha256(record["salt"] + password).digest()
+        hit = self.entries.get(username)
+        if hit is not None and hit[1] == record["hash"]:
+            return hmac.compare_digest(hit[0], quick)
+        if not verify_password(record, password):
+            return False
+        if len(self.entries) >= self.maxsize:
+            self.entries.clear()
+        self.entries[username] = (quick, record["hash"])
+        return True
+
+
 def verify_password(record: dict[str, Any] | None, password: str | bytes | None) -> bool:
     if record is None or password is None or record.get("alg") != "scrypt":
         return False

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from bwfast import codes as c
-from bwfast.auth import verify_password
+from bwfast.auth import VerifiedCache
 from bwfast.cluster import Cluster
 from bwfast.control import start_control
 from bwfast.handlers import table
@@ -65,6 +65,7 @@ class Worker:
         self.retained = RetainStore(self.store)
         self.sessions = SessionRegistry(self)
         self.history = History(self.store, index)
+        self.verified = VerifiedCache()
         self.cluster: Cluster | None = Cluster(self, nworkers) if nworkers > 1 else None
         self._new_routes: list[str] = []
         self._gone_routes: list[str] = []
@@ -263,7 +264,7 @@ class Worker:
             return 0
         if not username or password is None:
             return c.BAD_USERNAME_OR_PASSWORD
-        if not verify_password(self.store.get("auth", username.encode()), password):
+        if not self.verified.check(username, self.store.get("auth", username.encode()), password):
             return c.BAD_USERNAME_OR_PASSWORD
         return 0
 

@@ -29,19 +29,31 @@ class VerifiedCache:
         self.maxsize = maxsize
         self.entries: dict[str, tuple[bytes, bytes]] = {}
 
-    def check(self, username: str, record: dict[str, Any] | None, password: bytes) -> bool:
+    def lookup(self, username: str, record: dict[str, Any] | None, password: bytes) -> bool | None:
+        """True/False when the answer is known without scrypt, None when it must run."""
         if record is None or record.get("alg") != "scrypt":
             self.entries.pop(username, None)
             return False
-        quick = hashlib.sha256(record["salt"] + password).digest()
         hit = self.entries.get(username)
-        if hit is not None and hit[1] == record["hash"]:
-            return hmac.compare_digest(hit[0], quick)
-        if not verify_password(record, password):
-            return False
+        if hit is None or hit[1] != record["hash"]:
+            return None
+        return hmac.compare_digest(hit[0], hashlib.sha256(record["salt"] + password).digest())
+
+    def remember(self, username: str, record: dict[str, Any], password: bytes) -> None:
         if len(self.entries) >= self.maxsize:
             self.entries.clear()
-        self.entries[username] = (quick, record["hash"])
+        self.entries[username] = (hashlib.sha256(record["salt"] + password).digest(),
+                                  record["hash"])
+
+    def check(self, username: str, record: dict[str, Any] | None, password: bytes) -> bool:
+        """lookup(), falling back to scrypt here (for callers that may block)."""
+        known = self.lookup(username, record, password)
+        if known is not None:
+            return known
+        if not verify_password(record, password):
+            return False
+        assert record is not None
+        self.remember(username, record, password)
         return True
 
 

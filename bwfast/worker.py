@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from bwfast import codes as c
-from bwfast.auth import VerifiedCache
+from bwfast.auth import VerifiedCache, verify_password
 from bwfast.cluster import Cluster
 from bwfast.control import start_control
 from bwfast.handlers import table
@@ -258,15 +258,34 @@ class Worker:
         else:
             self.cluster.claim(cid, clean, proceed)
 
-    def authenticate(self, conn: Connection, username: str | None, password: bytes | None) -> int:
-        """0 when the CONNECT may proceed, else the v5 reason code to refuse it with."""
+    def authenticate(self, username: str | None, password: bytes | None,
+                     done: Callable[[int], None]) -> None:
+        """Call ``done(0)`` when the CONNECT may proceed, else ``done(reason code)``.
+
+        A password seen before is checked at once (VerifiedCache); a new one runs
+        scrypt in a thread (it releases the GIL), so a storm of first CONNECTs
+        never stalls the loop that carries everyone's messages.
+        """
         if not self.cfg.authentication.enabled:
-            return 0
+            done(0)
+            return
         if not username or password is None:
-            return c.BAD_USERNAME_OR_PASSWORD
-        if not self.verified.check(username, self.store.get("auth", username.encode()), password):
-            return c.BAD_USERNAME_OR_PASSWORD
-        return 0
+            done(c.BAD_USERNAME_OR_PASSWORD)
+            return
+        record = self.store.get("auth", username.encode())
+        known = self.verified.lookup(username, record, password)
+        if known is not None:
+            done(0 if known else c.BAD_USERNAME_OR_PASSWORD)
+            return
+
+        def checked(fut: asyncio.Future) -> None:
+            ok = not fut.cancelled() and fut.exception() is None and fut.result()
+            if ok:
+                self.verified.remember(username, record, password)
+            done(0 if ok else c.BAD_USERNAME_OR_PASSWORD)
+            self.schedule_tick()
+
+        self.loop.run_in_executor(None, verify_password, record, password).add_done_callback(checked)
 
     def on_connected(self, conn: Connection) -> None:
         self.stats.connects += 1

@@ -73,19 +73,13 @@ def handle_connect(conn: Connection, p: Any) -> None:
             conn.reject(c.NOT_AUTHORIZED, c.V3_NOT_AUTHORIZED)
             return
         username = identity
-    code = 0 if identity is not None else worker.authenticate(conn, username, p.password)
-    if code:
-        conn.reject(code, c.V5_TO_V3_CONNACK.get(code, c.V3_NOT_AUTHORIZED))
-        return
-    conn.username = username
-
     keepalive = p.keepalive
     server_keepalive = None
     if keepalive > cfg.max_keepalive or (keepalive == 0 and cfg.max_keepalive < 65535):
         if v5:
             server_keepalive = keepalive = cfg.max_keepalive  # [MQTT-3.2.2-21]
-    conn.keepalive = keepalive
-
+    # Whatever the client sends next waits until this CONNECT is through
+    # (a password check off the loop, another worker letting go of the session).
     conn.held = []
 
     def proceed() -> None:
@@ -116,7 +110,20 @@ def handle_connect(conn: Connection, p: Any) -> None:
 
         worker.ack(conn, encode_connack(present, c.SUCCESS, conn.version, ack_props), connected, seq)
 
-    worker.claim(cid, p.clean_start, proceed)
+    def authenticated(code: int) -> None:
+        if conn.closing:
+            return
+        if code:
+            conn.reject(code, c.V5_TO_V3_CONNACK.get(code, c.V3_NOT_AUTHORIZED))
+            return
+        conn.username = username
+        conn.keepalive = keepalive
+        worker.claim(cid, p.clean_start, proceed)
+
+    if identity is not None:
+        authenticated(0)
+    else:
+        worker.authenticate(username, p.password, authenticated)
 
 
 def _make_will(p: Any) -> Message:

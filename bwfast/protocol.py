@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bwfast.protocol")
 
+WRITE_HIGH = 8 << 20  # bytes buffered for a slow client before QoS 0 to it is dropped
+
 
 class Connection(asyncio.Protocol):
     """The transport side of a client: parser, output buffer, keepalive, aliases."""
@@ -41,6 +43,7 @@ class Connection(asyncio.Protocol):
         self.keepalive = 0
         self.last_rx = worker.now
         self.created = worker.now
+        self.congested = False                 # transport buffer over WRITE_HIGH
         self.aliases: dict[int, str] = {}      # client -> server topic aliases
         self.alias_max_out = 0                 # server -> client: the client's Topic Alias Maximum
         self.out_aliases: dict[str, int] = {}
@@ -58,6 +61,10 @@ class Connection(asyncio.Protocol):
         if peer:
             self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.worker.conns.add(self)
+        try:
+            transport.set_write_buffer_limits(high=WRITE_HIGH)
+        except (AttributeError, NotImplementedError):  # a transport without flow control
+            pass
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
@@ -106,11 +113,14 @@ class Connection(asyncio.Protocol):
         if self.session is not None:
             self.worker.sessions.detach(self)
 
-    def pause_writing(self) -> None:  # pragma: no cover - flow control from the transport
-        pass
+    def pause_writing(self) -> None:
+        """The client reads slower than it is sent to and WRITE_HIGH bytes wait in
+        the kernel and the transport: QoS 0 messages to it are dropped (counted in
+        $SYS .../dropped) until it catches up; QoS 1/2 wait in its session."""
+        self.congested = True
 
-    def resume_writing(self) -> None:  # pragma: no cover
-        pass
+    def resume_writing(self) -> None:
+        self.congested = False
 
     # -- output ----------------------------------------------------------------------------
     def write(self, data: bytes) -> None:

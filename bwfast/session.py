@@ -107,6 +107,9 @@ class Session:
         self.worker.history.command(self.client_id, msg)
         if qos == 0:
             if self.live:
+                if conn.congested:  # type: ignore[union-attr]
+                    self.worker.stats.dropped += 1  # a slow reader must not eat the memory
+                    return
                 self._send(conn, msg, 0, retain, 0, sub_ids)  # type: ignore[arg-type]
             elif self.persistent or conn is not None:
                 self._enqueue(msg, 0, retain, sub_ids)

@@ -45,16 +45,6 @@ class VerifiedCache:
         self.entries[username] = (hashlib.sha256(record["salt"] + password).digest(),
                                   record["hash"])
 
-    def check(self, username: str, record: dict[str, Any] | None, password: bytes) -> bool:
-        """lookup(), falling back to scrypt here (for callers that may block)."""
-        known = self.lookup(username, record, password)
-        if known is not None:
-            return known
-        if not verify_password(record, password):
-            return False
-        assert record is not None
-        self.remember(username, record, password)
-        return True
 
 
 def verify_password(record: dict[str, Any] | None, password: str | bytes | None) -> bool:

@@ -108,11 +108,6 @@ class Store:
         if durable or (durable is None and db in DURABLE_DBS):
             self._needs_sync = True
 
-    def put_raw(self, db: str, key: bytes, value: bytes) -> None:
-        self._pending[(db, dbkey(key))] = value
-        if db in DURABLE_DBS:
-            self._needs_sync = True
-
     def delete(self, db: str, key: bytes, durable: bool | None = None) -> None:
         self._pending[(db, dbkey(key))] = None
         if durable or (durable is None and db in DURABLE_DBS):

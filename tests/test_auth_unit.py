@@ -13,10 +13,12 @@ def test_record_never_holds_the_password() -> None:
 def test_cache_answers_like_scrypt_and_follows_password_changes() -> None:
     cache = VerifiedCache()
     rec = hash_password("one")
-    assert cache.check("dev", rec, b"one")
-    assert cache.check("dev", rec, b"one")          # from the cache
-    assert not cache.check("dev", rec, b"two")      # a wrong password is still wrong
-    changed = hash_password("two")                  # edit_auth: a new salt and hash
-    assert not cache.check("dev", changed, b"one")  # the old password stops at once
-    assert cache.check("dev", changed, b"two")
-    assert not cache.check("dev", None, b"two")     # remove_auth
+    assert cache.lookup("dev", rec, b"one") is None     # unknown: scrypt must run
+    assert verify_password(rec, b"one")
+    cache.remember("dev", rec, b"one")
+    assert cache.lookup("dev", rec, b"one") is True     # from the cache, no scrypt
+    assert cache.lookup("dev", rec, b"two") is False    # a wrong password is still wrong
+    changed = hash_password("two")                      # edit_auth: a new salt and hash
+    assert cache.lookup("dev", changed, b"one") is None  # the old answer no longer counts
+    assert not verify_password(changed, b"one")
+    assert cache.lookup("dev", None, b"two") is False   # remove_auth

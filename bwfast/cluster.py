@@ -193,12 +193,7 @@ class Cluster:
         msg = Message.from_record(rec)
         self.worker.router.deliver_forwarded(msg, normal, [tuple(g) for g in groups] if groups else [])
         if seq:
-            store = self.worker.store
-            reply = ["done", self.index, seq]
-            if store.dirty:
-                store.after_commit(lambda: self.bus.send(origin, reply))
-            else:
-                self.bus.send(origin, reply)
+            self._send_committed(origin, ["done", self.index, seq])
 
     def _on_answer(self, f: list) -> None:
         w = self.waiters.get(f[2])
@@ -216,12 +211,7 @@ class Cluster:
     def _on_take(self, f: list) -> None:
         _, requester, cid, clean, seq = f
         present = self.worker.sessions.hand_over(cid, clean, requester)
-        store = self.worker.store
-        reply = ["taken", self.index, seq, present]
-        if store.dirty:
-            store.after_commit(lambda: self.bus.send(requester, reply))
-        else:
-            self.bus.send(requester, reply)
+        self._send_committed(requester, ["taken", self.index, seq, present])
 
     def _on_taken(self, f: list) -> None:
         entry = self.takes.pop(f[2], None)
@@ -247,7 +237,11 @@ class Cluster:
         """Deliver through the worker a session was handed to (see hand_over).
 
         After the "taken" reply on the same link, so the session is there first."""
-        frame = ["sfwd", self.index, cid, msg.to_record(), qos, retain, sub_ids]
+        self._send_committed(peer, ["sfwd", self.index, cid, msg.to_record(), qos, retain, sub_ids])
+
+    def _send_committed(self, peer: int, frame: list) -> None:
+        """Send once what this iteration staged in LMDB is committed (in order with
+        the other after-commit sends), or now when nothing is staged."""
         store = self.worker.store
         if store.dirty:
             store.after_commit(lambda: self.bus.send(peer, frame))

@@ -147,9 +147,7 @@ class Worker:
     # -- the tick ---------------------------------------------------------------------------
     def mark_dirty(self, conn: Connection) -> None:
         self._dirty.append(conn)
-        if not self._tick_scheduled:
-            self._tick_scheduled = True
-            self.loop.call_soon(self._tick)
+        self.schedule_tick()
 
     def schedule_tick(self) -> None:
         if not self._tick_scheduled:

@@ -9,6 +9,7 @@ from setuptools import Extension, setup
 EXTENSIONS = [
     Extension("bwfast.packet", ["ext/packet.pyx"]),
     Extension("bwfast.topics", ["ext/topics.pyx"]),
+    Extension("bwfast.fastpath", ["ext/fastpath.pyx"]),
 ]
 
 setup(

@@ -47,6 +47,7 @@ TAKE_TIMEOUT = 2.0
 
 def _stop_watching(session: Any) -> None:
     session.seen = None
+    session.worker.router.invalidate()
 
 
 def route_key(filt: str, worker: int) -> bytes:
@@ -146,6 +147,7 @@ class Cluster:
         # Until it is back, its persistent sessions are served from LMDB; the
         # messages it never confirmed go there too (at least once, never lost).
         orphans = self.orphans[peer] = Orphans(self, peer)
+        self.worker.router.invalidate()
         store = self.worker.store
         for seq, w in list(self.waiters.items()):
             if not w[4] and peer in w[0]:
@@ -170,7 +172,8 @@ class Cluster:
         return lambda: self._on_answer(["done", peer, seq])
 
     def _on_hello(self, f: list) -> None:
-        self.orphans.pop(f[1], None)  # it is back and serves its sessions itself
+        if self.orphans.pop(f[1], None) is not None:  # it is back and serves its sessions
+            self.worker.router.invalidate()
         self.worker.router.replace_peer_routes(f[1], f[2])
         self.hellos.add(f[1])
         self._check_ready()
@@ -186,8 +189,13 @@ class Cluster:
 
     def _on_pubs(self, f: list) -> None:
         origin = f[1]
-        for rec, normal, groups, seq in f[2]:
-            self._deliver_pub(origin, rec, normal, groups, seq)
+        lane = self.worker.lane
+        for item in f[2]:
+            if type(item[0]) is str:  # [client id, version, first mid, packets]: fastpath.Lane
+                lane.deliver_forwarded(*item)
+            else:
+                rec, normal, groups, seq = item
+                self._deliver_pub(origin, rec, normal, groups, seq)
 
     def _deliver_pub(self, origin: int, rec: list, normal: bool, groups: list, seq: int) -> None:
         msg = Message.from_record(rec)
@@ -361,6 +369,7 @@ class Cluster:
                 if session is not None:
                     # Until the old holder stops forwarding, some messages come twice.
                     session.seen = set()
+                    self.worker.router.invalidate()
                     self.worker.loop.call_later(MOVE_TIMEOUT + 5, _stop_watching, session)
             proceed()
 
@@ -384,6 +393,7 @@ class Cluster:
                 # what they wrote to its LMDB queue meanwhile is picked up.
                 session.adopted_from = owner
                 session.seen = set()
+                self.worker.router.invalidate()
                 sessions.save(session)
                 sessions.rescan_later(session)
                 self.worker.loop.call_later(MOVE_TIMEOUT, self._settled, session)
@@ -392,6 +402,7 @@ class Cluster:
     def _settled(self, session: Session) -> None:
         session.adopted_from = -1
         session.seen = None
+        self.worker.router.invalidate()
         if self.worker.sessions.sessions.get(session.client_id) is session:
             self.worker.sessions.save(session)
 

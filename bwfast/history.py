@@ -49,11 +49,14 @@ class History:
         self.dirty_events.add(cid)
 
     def command(self, cid: str, msg: Message) -> None:
+        self.command_ring(cid).append(msg)
+        self.dirty_commands.add(cid)
+
+    def command_ring(self, cid: str) -> deque:
         ring = self.commands.get(cid)
         if ring is None:
             ring = self.commands[cid] = deque(maxlen=RING)
-        ring.append(msg)
-        self.dirty_commands.add(cid)
+        return ring
 
     def subscriptions_changed(self, session: Session, gone: bool = False) -> None:
         self.dirty_subs[session.client_id] = None if gone else session
@@ -111,6 +114,15 @@ class History:
             return
         key = cid.encode()
         old = store.get(db, key) or []
-        rows = old + [[m.topic, m.payload, int(m.created * 1000), m.qos, m.retain] for m in ring]
+        rows = old + [_row(m) for m in ring]
         store.put(db, key, rows[-RING:])
         ring.clear()
+
+
+def _row(m: Message | tuple) -> list:
+    """A ring entry as stored: a Message, or the fast lane's (topic, packet, payload
+    offset, wall time) of a QoS 0 non-retained message (bwfast.fastpath)."""
+    if isinstance(m, tuple):
+        topic, pkt, off, created = m
+        return [topic, pkt[off:], int(created * 1000), 0, False]
+    return [m.topic, m.payload, int(m.created * 1000), m.qos, m.retain]

@@ -128,6 +128,7 @@ class SessionRegistry:
         self.save(session)
         del self.sessions[cid]
         session.moved_to = to
+        self.worker.router.invalidate()
         self.moving[cid] = (session, time.monotonic() + MOVE_TIMEOUT)
         return True
 
@@ -169,6 +170,7 @@ class SessionRegistry:
             self.sessions[cid] = session
         session.conn = conn
         session.live = False  # nothing goes out before the CONNACK [MQTT-3.2.0-1]
+        self.worker.router.invalidate()
         session.version = conn.version
         session.expiry = expiry
         conn.session = session
@@ -182,6 +184,7 @@ class SessionRegistry:
         assert old is not None
         session.conn = None
         session.live = False
+        self.worker.router.invalidate()
         old.session = None
         if session.will is not None and (session.will_delay == 0 or clean_start):
             self.publish_will(session)
@@ -201,6 +204,7 @@ class SessionRegistry:
             return
         session.conn = None
         session.live = False
+        self.worker.router.invalidate()
         now = time.time()
         session.disconnected_at = now
         self.worker.history.disconnected(session.client_id)
@@ -338,5 +342,6 @@ class SessionRegistry:
                 conn = session.conn
                 session.conn = None
                 session.live = False
+                self.worker.router.invalidate()
                 conn.session = None
             self.save(session)

@@ -17,14 +17,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from bwfast.errors import MQTTError
+from bwfast.fastpath import Plan
 from bwfast.message import Message
+from bwfast.packet import check_topic
 from bwfast.topics import MatchCache, SubTrie, parse_shared
 
 if TYPE_CHECKING:
+    from bwfast.history import History
     from bwfast.session import Session, SubOpts
 
 # How shared groups are treated while delivering locally.
 SHARED_PICK, SHARED_COLLECT, SHARED_SKIP = 0, 1, 2
+MAX_PLANS = 100_000  # fast-lane plans kept (topic bytes -> Plan); past that they start over
 
 
 class SharedGroup:
@@ -66,6 +71,56 @@ class Router:
         self.peer_cache = MatchCache(self.peers)
         self.peer_filters: dict[int, set[str]] = {}
         self._rr: dict[tuple[str, str], int] = {}
+        # The fast lane's plans (bwfast.fastpath): dropped whenever a subscription,
+        # a route, or a subscriber's connection, liveness or holder changes.
+        self.plans: dict[bytes, Plan] = {}
+        self.history: History | None = None  # for the plans' command rings
+        self.orphans: dict[int, Any] = {}     # dead peers (Cluster.orphans): no plan forwards there
+
+    def invalidate(self) -> None:
+        if self.plans:
+            self.plans.clear()
+
+    def make_plan(self, key: bytes) -> Plan | None:
+        """The fast-lane plan for a topic (cached); None when the name is invalid."""
+        try:
+            topic = check_topic(key)
+        except MQTTError:
+            return None  # the general path reports it
+        plans = self.plans
+        if len(plans) >= MAX_PLANS:
+            plans.clear()
+        plan = plans[key] = Plan(topic)
+        if topic.startswith("$"):
+            return plan
+        clients: set[str] = set()
+        history = self.history
+        assert history is not None
+        for subs in self.cache.match(topic):
+            for cid, value in subs.items():
+                if type(cid) is tuple:
+                    return plan  # a shared group picks per message
+                session, opts = value
+                conn = session.conn
+                if (conn is None or not session.live or opts.no_local or opts.sub_id
+                        or session.moved_to >= 0 or session.seen is not None
+                        or session.max_packet or conn.alias_max_out):
+                    return plan
+                if cid in clients:
+                    continue  # overlapping subscriptions: one copy [MQTT-3.3.4-2]
+                clients.add(cid)
+                ring = history.command_ring(cid)
+                (plan.v5 if session.version == 5 else plan.v4).append((conn, ring, cid))
+        if self.peer_filters:
+            peers: set[int] = set()
+            for subs in self.peer_cache.match(topic):
+                for peer in subs:
+                    if type(peer) is tuple or peer in self.orphans:
+                        return plan
+                    peers.add(peer)
+            plan.peers = sorted(peers)
+        plan.ok = True
+        return plan
 
     # -- local subscriptions -------------------------------------------------------------------
     def subscribe(self, session: Session, filt: str, opts: SubOpts) -> bool:
@@ -85,6 +140,7 @@ class Router:
             if new:
                 grp.order.append(cid)
             grp.members[cid] = (session, opts)
+        self.invalidate()
         if not new:
             return False
         count = self.local_routes.get(filt, 0)
@@ -108,6 +164,7 @@ class Router:
             grp.order.remove(cid)
             if not grp.members:
                 self.trie.remove(real, key)
+        self.invalidate()
         count = self.local_routes.get(filt, 0) - 1
         if count > 0:
             self.local_routes[filt] = count
@@ -117,6 +174,7 @@ class Router:
 
     # -- routes to peers --------------------------------------------------------------------------
     def add_peer_route(self, peer: int, filt: str) -> None:
+        self.invalidate()
         group, real = parse_shared(filt)
         if group is None:
             self.peers.add(filt, peer, True)
@@ -125,6 +183,7 @@ class Router:
         self.peer_filters.setdefault(peer, set()).add(filt)
 
     def remove_peer_route(self, peer: int, filt: str) -> None:
+        self.invalidate()
         group, real = parse_shared(filt)
         if group is None:
             self.peers.remove(filt, peer)

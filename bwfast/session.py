@@ -249,6 +249,7 @@ class Session:
         conn = self.conn
         assert conn is not None
         self.live = True
+        self.worker.router.invalidate()
         for pid, entry in list(self.inflight.items()):
             if entry[0] == AWAIT_COMP:
                 conn.write(encode_ack(PUBREL, pid, 0, self.version))

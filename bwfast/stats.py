@@ -4,12 +4,12 @@ from __future__ import annotations
 import time
 from importlib.machinery import EXTENSION_SUFFIXES
 
-from bwfast import __version__, packet, topics
+from bwfast import __version__, fastpath, packet, topics
 
 
 def compiled_modules() -> str:
     """Which hot-path modules this process runs compiled (STYLE: no silent fallback)."""
-    return " ".join(m.__name__.rsplit(".", 1)[1] for m in (packet, topics)
+    return " ".join(m.__name__.rsplit(".", 1)[1] for m in (packet, topics, fastpath)
                     if m.__file__ and m.__file__.endswith(tuple(EXTENSION_SUFFIXES)))
 
 

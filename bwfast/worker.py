@@ -20,6 +20,7 @@ from bwfast import codes as c
 from bwfast.auth import VerifiedCache, verify_password
 from bwfast.cluster import Cluster
 from bwfast.control import start_control
+from bwfast.fastpath import Lane
 from bwfast.handlers import table
 from bwfast.history import FLUSH_INTERVAL, History
 from bwfast.listeners import start_listeners
@@ -67,6 +68,9 @@ class Worker:
         self.history = History(self.store, index)
         self.verified = VerifiedCache()
         self.cluster: Cluster | None = Cluster(self, nworkers) if nworkers > 1 else None
+        self.router.history = self.history
+        if self.cluster is not None:
+            self.router.orphans = self.cluster.orphans
         self._new_routes: list[str] = []
         self._gone_routes: list[str] = []
         self.conns: set[Connection] = set()
@@ -76,6 +80,8 @@ class Worker:
         self._stopping = False
         self._timers: list[asyncio.TimerHandle] = []
         self.stopped = asyncio.Event()
+        self.lane = Lane(self, nworkers, cfg.broker.max_packet_size)
+        self.lane.slow_forwarded = self._slow_forwarded
 
     # -- start / stop -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -243,6 +249,12 @@ class Worker:
             if self.cluster is not None:
                 self.cluster.retained_changed(msg)
         return n, seq
+
+    def _slow_forwarded(self, cid: str, mid: int, topic: str, payload: bytes) -> None:
+        """A peer's fast-lane message whose topic needs the general path here."""
+        msg = Message(topic, payload, 0, False, None, 0.0, cid, self.wall)
+        msg.mid = mid
+        self.router.deliver_forwarded(msg, True, [])
 
     def forward_to_session(self, peer: int, session: Any, msg: Message, qos: int, retain: bool,
                            sub_ids: list[int] | None) -> None:

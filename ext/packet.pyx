@@ -26,7 +26,7 @@ from bwfast.errors import MQTTError
 __all__ = [
     "Ack", "Auth", "Connack", "Connect", "Disconnect", "EncodeError", "Packet", "Parser",
     "Pingreq", "Pingresp", "Publish", "Suback", "Subscribe", "Unsuback", "Unsubscribe",
-    "decode_properties", "encode_ack", "encode_auth", "encode_connack", "encode_connect",
+    "check_topic", "decode_properties", "encode_ack", "encode_auth", "encode_connack", "encode_connect",
     "encode_disconnect", "encode_pingreq", "encode_pingresp", "encode_properties",
     "encode_publish", "encode_suback", "encode_subscribe", "encode_unsuback",
     "encode_unsubscribe", "encode_varint", "is_compiled", "packet_length", "set_dup",
@@ -789,6 +789,20 @@ cdef class Parser:
         """Bytes buffered towards the next, incomplete packet."""
         return self._pending
 
+    @property
+    def need(self):
+        """The size of the incomplete packet buffered, once its header is in (else 0)."""
+        return self._need
+
+    def take_pending(self):
+        """Hand back the buffered bytes of the incomplete packet and forget them
+        (the broker's fast lane continues from there; see bwfast.fastpath)."""
+        cdef bytes buf = b"".join(self._chunks)
+        self._chunks = []
+        self._pending = 0
+        self._need = 0
+        return buf
+
     def feed(self, data):
         """Decode every complete packet; keep the unconsumed tail for the next call.
 
@@ -971,6 +985,20 @@ cdef class Parser:
             raise MQTTError(TOPIC_NAME_INVALID, "wildcard in a PUBLISH topic")  # [MQTT-3.3.2-2]
         self._last_topic = topic
         return topic
+
+
+def check_topic(bytes name not None):
+    """A PUBLISH topic name as str, validated as the decoder does; raise MQTTError."""
+    cdef const unsigned char* s = <const unsigned char*>PyBytes_AS_STRING(name)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(name)
+    if n == 0:
+        _protocol_error("empty PUBLISH topic")
+    if memchr(s, 0, n) != NULL:
+        _malformed("U+0000 in the topic name")                          # [MQTT-4.7.3-2]
+    topic = _decode_utf8(s, n)
+    if memchr(s, 43, n) != NULL or memchr(s, 35, n) != NULL:
+        raise MQTTError(TOPIC_NAME_INVALID, "wildcard in a PUBLISH topic")  # [MQTT-3.3.2-2]
+    return topic
 
 
 def decode_properties(data, packet_type=None):

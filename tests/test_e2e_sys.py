@@ -164,7 +164,7 @@ def test_sys_clients_per_listener_and_per_worker(
 
 @pytest.mark.bwfast_only
 def test_running_broker_uses_the_compiled_hot_path(watcher: SysWatcher) -> None:
-    """The broker says which modules it runs compiled; both the codec and the
-    topic trie must be (a slow pure-Python fallback must never pass as fast)."""
+    """The broker says which modules it runs compiled; the codec, the topic trie
+    and the fast lane must be (a slow pure-Python fallback must never pass as fast)."""
     watcher.wait("$SYS/broker/compiled", lambda: "$SYS/broker/compiled" in watcher.latest)
-    assert sorted(watcher.latest["$SYS/broker/compiled"].split()) == ["packet", "topics"]
+    assert sorted(watcher.latest["$SYS/broker/compiled"].split()) == ["fastpath", "packet", "topics"]

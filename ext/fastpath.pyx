@@ -1,0 +1,389 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: initializedcheck=False, embedsignature=True
+"""The fast lane: QoS 0 PUBLISH in, the same bytes out, no Python object per message.
+
+Most of a broker's traffic is the simplest kind: a QoS 0, non-retained PUBLISH
+on a topic whose subscribers are all connected, with no per-subscriber
+properties. For those the received packet is what every MQTT 3.1.1
+subscriber gets, byte for byte (MQTT 5.0 subscribers get it with an empty
+property length added), so the lane
+
+- scans every complete packet of a read through a C pointer;
+- looks the topic up in the router's *plan* cache (bytes -> Plan: the
+  connections to write to and the peer workers to forward to), reusing the
+  previous packet's plan while the topic repeats;
+- appends the packet to each subscriber's output buffer (written once per
+  loop iteration by the worker's tick) and to one buffer per peer worker,
+  which leaves as a single bus item per read: ``[client id, version, first
+  message id, packets]``;
+- records the message in the REST history rings as one shared tuple.
+
+A plan is *ok* only when nothing about the delivery needs the general path:
+no shared group, no no-local, subscription identifier, topic alias or
+maximum packet size on a subscriber, every subscriber connected and live
+(CONNACK sent), no session moving between workers, no dead peer. The router
+drops every plan when any of that may have changed (Router.invalidate). The
+lane stops at the first packet it can't take (any other packet, QoS 1/2,
+retain, properties, an incomplete packet, a topic without an ok plan) and
+returns its offset: the general path (Parser + handlers) does the rest of
+the read, so the order of a connection's packets is kept.
+"""
+cimport cython
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from libc.string cimport memcmp, memcpy
+
+from collections import deque
+
+RING = 10  # history.RING: the last events / commands kept per device
+
+
+cpdef bint is_compiled():
+    return cython.compiled
+
+
+cdef class Plan:
+    """What one topic's QoS 0 message needs: local targets by version, peers."""
+
+    cdef public object topic    # str
+    cdef public bint ok         # False: the general path delivers this topic
+    cdef public list v4         # [(connection, command ring, client id)] MQTT 3.1 / 3.1.1
+    cdef public list v5         # the same for MQTT 5.0 subscribers
+    cdef public list peers      # peer worker indexes with a matching route
+
+    def __init__(self, topic):
+        self.topic = topic
+        self.ok = False
+        self.v4 = []
+        self.v5 = []
+        self.peers = []
+
+    def __repr__(self):
+        return (f"Plan({self.topic!r}, ok={self.ok}, v4={len(self.v4)}, v5={len(self.v5)}, "
+                f"peers={self.peers})")
+
+
+cdef struct PeerBuf:
+    char* data
+    Py_ssize_t len
+    Py_ssize_t cap
+
+
+cdef inline Py_ssize_t _scan(const unsigned char* p, Py_ssize_t pos, Py_ssize_t n, bint v5,
+                             Py_ssize_t maxp, Py_ssize_t* hdr_out, Py_ssize_t* tl_out,
+                             Py_ssize_t* poff_out) noexcept nogil:
+    """The size of the fast-lane PUBLISH at pos (QoS 0, no DUP, no retain, a topic,
+    no v5 properties, complete, within maxp), or 0 when it isn't one."""
+    cdef Py_ssize_t i = pos + 1, rl = 0, total, tl, poff
+    cdef unsigned int c, shift = 0
+    if p[pos] != 0x30:
+        return 0
+    while True:
+        if i >= n:
+            return 0
+        c = p[i]
+        i += 1
+        rl |= <Py_ssize_t>(c & 127) << shift
+        if not c & 128:
+            break
+        shift += 7
+        if shift == 28:
+            return 0
+    total = i - pos + rl
+    if total > maxp or total > n - pos or rl < 2:
+        return 0
+    tl = (<Py_ssize_t>p[i] << 8) | p[i + 1]
+    if tl == 0 or 2 + tl > rl:
+        return 0
+    poff = i + 2 + tl
+    if v5:
+        if poff >= pos + total or p[poff] != 0:
+            return 0
+        poff += 1
+    hdr_out[0] = i - pos
+    tl_out[0] = tl
+    poff_out[0] = poff - pos
+    return total
+
+
+cdef bytes _reform(bytes pkt, Py_ssize_t hdr, Py_ssize_t tl, Py_ssize_t poff, bint to5):
+    """The packet in the other version's form: v5 has a property length (0) after the topic."""
+    cdef const unsigned char* s = <const unsigned char*>PyBytes_AS_STRING(pkt)
+    cdef Py_ssize_t total = PyBytes_GET_SIZE(pkt)
+    cdef Py_ssize_t tend = hdr + 2 + tl, plen = total - poff
+    cdef Py_ssize_t rl = (tend - hdr) + (1 if to5 else 0) + plen
+    cdef Py_ssize_t vl = 1 if rl < 128 else 2 if rl < 16384 else 3 if rl < 2097152 else 4
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, 1 + vl + rl)
+    cdef unsigned char* q = <unsigned char*>PyBytes_AS_STRING(out)
+    cdef Py_ssize_t v = rl
+    q[0] = 0x30
+    q += 1
+    while True:
+        if v >= 128:
+            q[0] = (v & 127) | 128
+            v >>= 7
+            q += 1
+        else:
+            q[0] = v
+            q += 1
+            break
+    memcpy(q, s + hdr, tend - hdr)
+    q += tend - hdr
+    if to5:
+        q[0] = 0
+        q += 1
+    memcpy(q, s + poff, plen)
+    return out
+
+
+cdef class Lane:
+    """One per worker; see the module docstring."""
+
+    cdef public dict plans
+    cdef object make_plan
+    cdef object worker
+    cdef object stats
+    cdef object mark_dirty
+    cdef dict events
+    cdef set dirty_events
+    cdef set dirty_commands
+    cdef object cluster
+    cdef object bus
+    cdef public object slow_forwarded   # (cid, mid, topic, payload) -> None
+    cdef Py_ssize_t max_packet
+    cdef PeerBuf* bufs
+    cdef int nbufs
+    cdef public Py_ssize_t taken         # messages the lane carried (for tests and $SYS)
+
+    def __cinit__(self):
+        self.bufs = NULL
+        self.nbufs = 0
+
+    def __init__(self, worker, int nworkers, Py_ssize_t max_packet):
+        router = worker.router
+        history = worker.history
+        self.worker = worker
+        self.plans = router.plans
+        self.make_plan = router.make_plan
+        self.stats = worker.stats
+        self.mark_dirty = worker.mark_dirty
+        self.events = history.events
+        self.dirty_events = history.dirty_events
+        self.dirty_commands = history.dirty_commands
+        self.cluster = worker.cluster
+        self.bus = worker.cluster.bus if worker.cluster is not None else None
+        self.max_packet = max_packet
+        self.slow_forwarded = None
+        self.taken = 0
+        self.bufs = <PeerBuf*>PyMem_Malloc(max(nworkers, 1) * sizeof(PeerBuf))
+        if self.bufs == NULL:
+            raise MemoryError()
+        self.nbufs = nworkers
+        for i in range(nworkers):
+            self.bufs[i].data = NULL
+            self.bufs[i].len = 0
+            self.bufs[i].cap = 0
+
+    def __dealloc__(self):
+        if self.bufs != NULL:
+            for i in range(self.nbufs):
+                PyMem_Free(self.bufs[i].data)
+            PyMem_Free(self.bufs)
+
+    # -- from a client ------------------------------------------------------------------
+    def feed(self, conn, bytes data not None):
+        """Deliver the leading fast-lane packets of ``data``; return where the
+        general path must go on (len(data) when the lane took everything)."""
+        session = conn.session
+        if session is None or conn.held is not None:
+            return 0
+        cdef int version = conn.version
+        cdef bint v5 = version == 5
+        cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+        cdef Py_ssize_t pos = 0, total, hdr = 0, tl = 0, poff = 0, last_tl = -1
+        cdef Py_ssize_t count = 0, sent = 0, dropped = 0, fwd = 0
+        cdef const unsigned char* t
+        cdef const unsigned char* last_t = NULL
+        cdef Plan plan = None
+        cdef bytes key, pkt
+        cdef tuple entry
+        cdef object ring = None, obj, wall, topic = None
+        cdef int peer
+        wall = self.worker.wall
+        while pos < n:
+            total = _scan(p, pos, n, v5, self.max_packet, &hdr, &tl, &poff)
+            if total == 0:
+                break
+            t = p + pos + hdr + 2
+            if plan is None or tl != last_tl or memcmp(t, last_t, tl) != 0:
+                key = PyBytes_FromStringAndSize(<const char*>t, tl)
+                obj = self.plans.get(key)
+                if obj is None:
+                    obj = self.make_plan(key)
+                    if obj is None:
+                        break
+                plan = <Plan>obj
+                if not plan.ok:
+                    break
+                last_t = t
+                last_tl = tl
+                topic = plan.topic
+            pkt = PyBytes_FromStringAndSize(<const char*>p + pos, total)
+            entry = (topic, pkt, poff, wall)
+            if ring is None:
+                ring = self._ring(self.events, session.client_id)
+            ring.append(entry)
+            self._deliver(plan, pkt, v5, hdr, tl, poff, entry, &sent, &dropped)
+            if plan.peers:
+                for obj in plan.peers:
+                    peer = obj
+                    self._buffer(peer, count, p + pos, total)
+                    fwd += 1
+            count += 1
+            pos += total
+        if count:
+            self.taken += count
+            self.dirty_events.add(session.client_id)
+            stats = self.stats
+            stats.msgs_received += count
+            if sent:
+                stats.msgs_sent += sent
+            if dropped:
+                stats.dropped += dropped
+            if fwd:
+                stats.forwarded += fwd
+                self._forward(session.client_id, version, count)
+        return pos
+
+    cdef object _ring(self, dict rings, object cid):
+        ring = rings.get(cid)
+        if ring is None:
+            ring = rings[cid] = deque(maxlen=RING)
+        return ring
+
+    cdef int _deliver(self, Plan plan, bytes pkt, bint v5, Py_ssize_t hdr, Py_ssize_t tl,
+                      Py_ssize_t poff, tuple entry, Py_ssize_t* sent,
+                      Py_ssize_t* dropped) except -1:
+        cdef bytes other
+        if plan.v4:
+            other = _reform(pkt, hdr, tl, poff, False) if v5 else pkt
+            self._give(plan.v4, other, entry, sent, dropped)
+        if plan.v5:
+            other = pkt if v5 else _reform(pkt, hdr, tl, poff, True)
+            self._give(plan.v5, other, entry, sent, dropped)
+        return 0
+
+    cdef int _give(self, list targets, bytes pkt, tuple entry, Py_ssize_t* sent,
+                   Py_ssize_t* dropped) except -1:
+        cdef tuple target
+        cdef list out
+        for obj in targets:
+            target = <tuple>obj
+            ring = target[1]
+            ring.append(entry)
+            if len(ring) == 1:
+                self.dirty_commands.add(target[2])
+            conn = target[0]
+            if conn.closing:
+                continue
+            if conn.congested:  # a slow reader: QoS 0 to it is dropped, not buffered
+                dropped[0] += 1
+                continue
+            out = <list>conn.out
+            if not out:
+                self.mark_dirty(conn)
+            out.append(pkt)
+            sent[0] += 1
+        return 0
+
+    cdef int _buffer(self, int peer, Py_ssize_t index, const unsigned char* s,
+                     Py_ssize_t n) except -1:
+        """Append [u32 index][packet] to the peer's buffer for this read."""
+        cdef PeerBuf* b
+        cdef Py_ssize_t need, cap
+        cdef char* q
+        if peer < 0 or peer >= self.nbufs:
+            raise ValueError(f"no peer {peer}")
+        b = &self.bufs[peer]
+        need = b.len + 4 + n
+        if need > b.cap:
+            cap = max(need, b.cap * 2, 4096)
+            q = <char*>PyMem_Realloc(b.data, cap)
+            if q == NULL:
+                raise MemoryError()
+            b.data = q
+            b.cap = cap
+        q = b.data + b.len
+        q[0] = (index >> 24) & 255
+        q[1] = (index >> 16) & 255
+        q[2] = (index >> 8) & 255
+        q[3] = index & 255
+        memcpy(q + 4, s, n)
+        b.len = need
+        return 0
+
+    cdef int _forward(self, object cid, int version, Py_ssize_t count) except -1:
+        """One bus item per peer for this read; message i of the read gets id mid0 + i."""
+        cdef PeerBuf* b
+        cdef int i
+        cluster = self.cluster
+        mid0 = cluster._mid + 1
+        cluster._mid += count
+        mid0 = ((cluster.index + 1) << 48) | mid0
+        for i in range(self.nbufs):
+            b = &self.bufs[i]
+            if b.len:
+                self.bus.queue_item(i, [cid, version, mid0, PyBytes_FromStringAndSize(b.data, b.len)])
+                b.len = 0
+                if b.cap > 1 << 20:  # don't keep a huge buffer after a burst
+                    PyMem_Free(b.data)
+                    b.data = NULL
+                    b.cap = 0
+        return 0
+
+    # -- from a peer worker --------------------------------------------------------------
+    def deliver_forwarded(self, object cid, int version, object mid0, bytes blob not None):
+        """Deliver a peer's fast-lane item (see _forward) to this worker's subscribers.
+
+        Topics whose plan here is not ok go through ``slow_forwarded`` one by one."""
+        cdef bint v5 = version == 5
+        cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(blob)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(blob)
+        cdef Py_ssize_t pos = 0, total, hdr = 0, tl = 0, poff = 0, last_tl = -1, index
+        cdef Py_ssize_t sent = 0, dropped = 0
+        cdef const unsigned char* t
+        cdef const unsigned char* last_t = NULL
+        cdef Plan plan = None
+        cdef bytes key, pkt
+        cdef object obj, wall = self.worker.wall, topic = None
+        while pos + 4 < n:
+            index = ((<Py_ssize_t>p[pos] << 24) | (<Py_ssize_t>p[pos + 1] << 16)
+                     | (<Py_ssize_t>p[pos + 2] << 8) | p[pos + 3])
+            pos += 4
+            total = _scan(p, pos, n, v5, n, &hdr, &tl, &poff)
+            if total == 0:
+                raise ValueError("malformed fast-lane item from a peer")
+            t = p + pos + hdr + 2
+            if plan is None or tl != last_tl or memcmp(t, last_t, tl) != 0:
+                key = PyBytes_FromStringAndSize(<const char*>t, tl)
+                obj = self.plans.get(key)
+                if obj is None:
+                    obj = self.make_plan(key)
+                    if obj is None:
+                        raise ValueError("invalid topic in a fast-lane item from a peer")
+                plan = <Plan>obj
+                last_t = t
+                last_tl = tl
+                topic = plan.topic
+            pkt = PyBytes_FromStringAndSize(<const char*>p + pos, total)
+            if plan.ok:
+                self._deliver(plan, pkt, v5, hdr, tl, poff, (topic, pkt, poff, wall),
+                              &sent, &dropped)
+            else:
+                self.slow_forwarded(cid, mid0 + index, topic, pkt[poff:])
+            pos += total
+        if sent:
+            self.stats.msgs_sent += sent
+        if dropped:
+            self.stats.dropped += dropped

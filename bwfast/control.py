@@ -37,7 +37,7 @@ class _ControlLink(asyncio.Protocol):
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
         self.transport: Any = None
-        self.acks: deque[list] = deque()
+        self.acks: deque[list] | None = deque()
         self.unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
 
     def connection_made(self, transport: Any) -> None:

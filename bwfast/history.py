@@ -1,9 +1,11 @@
 """What the REST API lists: the device registry, each device's last events and commands.
 
 Kept off the hot path: a publish or a delivery appends one tuple to an
-in-memory ring (the last 10) and marks the device dirty; a timer writes the
-dirty devices to LMDB in one batch every FLUSH_INTERVAL, so the API sees them
-within a second. LMDB records (msgpack), all keyed by client id:
+in-memory ring (the last 10) and marks the device dirty; a connect or a
+disconnect stages the device's row in memory. A timer writes the dirty rings
+and rows to LMDB in one batch every FLUSH_INTERVAL, so the API sees them
+within a second, and a storm of CONNECTs costs no LMDB write each.
+LMDB records (msgpack), all keyed by client id:
 
     devices   {"id", "name", "connected": ms, "status": "active"|"inactive",
                "worker", "listener", "peer", "username", "version"}
@@ -29,7 +31,7 @@ FLUSH_INTERVAL = 0.5
 
 class History:
     __slots__ = ("store", "worker_index", "events", "commands", "dirty_events", "dirty_commands",
-                 "dirty_subs")
+                 "dirty_subs", "rows", "gone")
 
     def __init__(self, store: Store, worker_index: int) -> None:
         self.store = store
@@ -39,6 +41,8 @@ class History:
         self.dirty_events: set[str] = set()
         self.dirty_commands: set[str] = set()
         self.dirty_subs: dict[str, Session | None] = {}
+        self.rows: dict[str, dict] = {}  # devices rows of connects since the last flush
+        self.gone: dict[str, int] = {}   # client id -> ms of its disconnect since the last flush
 
     # -- hot path: one append each ----------------------------------------------------------------
     def event(self, cid: str, msg: Message) -> None:
@@ -64,24 +68,48 @@ class History:
     # -- connect / disconnect ------------------------------------------------------------------------
     def connected(self, conn: Connection) -> None:
         cid = conn.client_id
-        self.store.put("devices", cid.encode(), {
+        self.gone.pop(cid, None)
+        self.rows[cid] = {
             "id": cid, "name": cid, "connected": int(time.time() * 1000), "status": "active",
             "worker": self.worker_index, "listener": conn.listener, "peer": conn.peer,
             "username": conn.username, "version": conn.version,
-        })
+        }
 
     def disconnected(self, cid: str) -> None:
-        key = cid.encode()
-        rec = self.store.get("devices", key)
-        if rec is not None and rec.get("worker") == self.worker_index:
-            rec["status"] = "inactive"
-            rec["disconnected"] = int(time.time() * 1000)
-            self.store.put("devices", key, rec)
+        now = int(time.time() * 1000)
+        row = self.rows.get(cid)
+        if row is not None:  # connected and gone within one flush interval
+            row["status"] = "inactive"
+            row["disconnected"] = now
+        else:
+            self.gone[cid] = now
         self.events.pop(cid, None)
         self.commands.pop(cid, None)
 
+    def _flush_rows(self) -> None:
+        store = self.store
+        if self.gone:
+            for cid, ms in self.gone.items():
+                # Only our own row: the device may have reconnected on another worker,
+                # whose row must stay.
+                key = cid.encode()
+                rec = store.get("devices", key)
+                if rec is not None and rec.get("worker") == self.worker_index \
+                        and rec.get("status") == "active":
+                    rec["status"] = "inactive"
+                    rec["disconnected"] = ms
+                    store.put("devices", key, rec)
+            self.gone.clear()
+        if self.rows:
+            for cid, row in self.rows.items():
+                store.put("devices", cid.encode(), row)
+            self.rows.clear()
+
     def mark_all_inactive(self) -> None:
         """Start-up/shut-down: whatever this worker had connected is not any more."""
+        self._flush_rows()
+        if self.store.dirty:
+            self.store.commit()
         now = int(time.time() * 1000)
         for key, rec in self.store.items("devices"):
             if rec.get("worker") == self.worker_index and rec.get("status") == "active":
@@ -92,6 +120,7 @@ class History:
     # -- the batch ------------------------------------------------------------------------------------
     def flush(self) -> None:
         store = self.store
+        self._flush_rows()
         if self.dirty_events:
             for cid in self.dirty_events:
                 self._put_ring(store, "events", cid, self.events.get(cid))

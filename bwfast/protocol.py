@@ -29,13 +29,18 @@ WRITE_HIGH = 8 << 20  # bytes buffered for a slow client before QoS 0 to it is d
 class Connection(asyncio.Protocol):
     """The transport side of a client: parser, output buffer, keepalive, aliases."""
 
+    __slots__ = ("worker", "listener", "transport", "parser", "out", "acks", "held", "session",
+                 "client_id", "version", "keepalive", "last_rx", "created", "congested",
+                 "aliases", "alias_max_out", "out_aliases", "connect_seen", "closing",
+                 "graceful", "will_on_close", "peer", "username", "__weakref__")
+
     def __init__(self, worker: Worker, listener: str = "mqtt") -> None:
         self.worker = worker
         self.listener = listener
         self.transport: Any = None
         self.parser = Parser(worker.cfg.broker.max_packet_size)
         self.out: list[bytes] = []
-        self.acks: deque[list] = deque()   # acks waiting for a commit / peers, in order
+        self.acks: deque[list] | None = None  # acks waiting for a commit / peers, in order
         self.held: list | None = None      # packets that came while CONNECT was pending
         self.session: Session | None = None
         self.client_id = ""

@@ -65,7 +65,7 @@ class SessionRegistry:
         if self.sessions.get(session.client_id) is not session:
             return
         store = self.worker.store
-        held = {e[5] for e in session.queue} | {e[5] for e in session.inflight.values()}
+        held = {e[5] for e in session.queue or ()} | {e[5] for e in session.inflight.values()}
         prefix = session.client_id.encode() + b"\x00"
         found = 0
         for qkey, qrec in store.items("queue", prefix):
@@ -234,7 +234,8 @@ class SessionRegistry:
         if will is not None:
             self.worker.store.put("wills", key, {"m": will.to_record(), "d": delay,
                                                  "t": int(time.time() * 1000)})
-        elif had or replace:  # replace: a CONNECT supersedes any will left from before
+        elif had or (replace and self.worker.store.get("wills", key) is not None):
+            # replace: a CONNECT supersedes any will left from before (a crashed worker's)
             self.worker.store.delete("wills", key)
 
     def publish_will(self, session: Session) -> None:

@@ -40,7 +40,7 @@ log = logging.getLogger("bwfast.worker")
 class AckTarget(Protocol):
     """Who gets ordered acknowledgements: an MQTT connection or an API control link."""
 
-    acks: deque[list]
+    acks: deque[list] | None
 
     def write(self, data: bytes) -> None: ...
 
@@ -49,6 +49,7 @@ class AckTarget(Protocol):
 
 CONNECT_TIMEOUT = 10.0  # seconds a socket may stay open without a CONNECT
 SCAN_INTERVAL = 0.25    # keepalive / clock granularity
+COMMIT_GAP = 0.001      # seconds between two LMDB commits at most (see _tick)
 
 
 class Worker:
@@ -77,6 +78,8 @@ class Worker:
         self.servers: list[asyncio.AbstractServer] = []
         self._dirty: list[Connection] = []
         self._tick_scheduled = False
+        self._last_commit = 0.0
+        self._commit_timer: asyncio.TimerHandle | None = None
         self._stopping = False
         self._timers: list[asyncio.TimerHandle] = []
         self.stopped = asyncio.Event()
@@ -165,8 +168,19 @@ class Worker:
         self.wall = time.time()
         if self._new_routes or self._gone_routes:
             self.announce_routes()
-        if self.store.dirty:
-            self.store.commit()
+        store = self.store
+        if store.dirty:
+            # Group commit: at most one LMDB transaction per COMMIT_GAP. At light
+            # load every iteration commits at once; under a storm of CONNECTs or
+            # QoS 1 messages each transaction carries many (one commit costs
+            # several page writes, whatever it holds).
+            now = time.monotonic()
+            wait = self._last_commit + COMMIT_GAP - now
+            if wait <= 0:
+                self._last_commit = now
+                store.commit()
+            elif self._commit_timer is None:
+                self._commit_timer = self.loop.call_later(wait, self._commit_due)
         dirty = self._dirty
         if dirty:
             self._dirty = []
@@ -174,6 +188,11 @@ class Worker:
                 conn.flush()
         if self.cluster is not None:
             self.cluster.bus.flush()
+
+    def _commit_due(self) -> None:
+        self._commit_timer = None
+        if not self._stopping:
+            self.schedule_tick()
 
     def ack(self, conn: AckTarget, data: bytes, then: Callable[[], Any] | None = None,
             seq: int = 0) -> None:
@@ -196,6 +215,8 @@ class Worker:
             if then is not None:
                 then()
             return
+        if acks is None:
+            acks = conn.acks = deque()
         acks.append(entry)
 
     def release(self, conn: AckTarget, entry: list) -> None:

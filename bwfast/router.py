@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from bwfast.errors import MQTTError
-from bwfast.fastpath import Plan
+from bwfast.fastpath import MAX_GROUPS, Plan
 from bwfast.message import Message
 from bwfast.packet import check_topic
 from bwfast.topics import MatchCache, SubTrie, parse_shared
@@ -98,27 +98,41 @@ class Router:
         assert history is not None
         for subs in self.cache.match(topic):
             for cid, value in subs.items():
-                if type(cid) is tuple:
-                    return plan  # a shared group picks per message
+                if type(cid) is tuple:  # ("$share", name) -> SharedGroup
+                    slot = plan.group((value.name, value.filter))
+                    for member in value.order:
+                        session, opts = value.members[member]
+                        if not _plain(session, opts):
+                            return plan
+                        slot.local.append((session.conn, history.command_ring(member), member,
+                                           session.version == 5))
+                    if slot.local:
+                        plan.local_groups[slot.key] = slot
+                    continue
                 session, opts = value
-                conn = session.conn
-                if (conn is None or not session.live or opts.no_local or opts.sub_id
-                        or session.moved_to >= 0 or session.seen is not None
-                        or session.max_packet or conn.alias_max_out):
+                if not _plain(session, opts):
                     return plan
                 if cid in clients:
                     continue  # overlapping subscriptions: one copy [MQTT-3.3.4-2]
                 clients.add(cid)
                 ring = history.command_ring(cid)
-                (plan.v5 if session.version == 5 else plan.v4).append((conn, ring, cid))
+                (plan.v5 if session.version == 5 else plan.v4).append((session.conn, ring, cid))
         if self.peer_filters:
             peers: set[int] = set()
             for subs in self.peer_cache.match(topic):
-                for peer in subs:
-                    if type(peer) is tuple or peer in self.orphans:
+                for key, value in subs.items():
+                    peer = int(key[2] if type(key) is tuple else key)
+                    if peer in self.orphans:
                         return plan
-                    peers.add(peer)
+                    if type(key) is tuple:  # ("$share", name, peer) -> (name, filter)
+                        plan.group(tuple(value)).peers.append(peer)
+                    else:
+                        peers.add(peer)
             plan.peers = sorted(peers)
+        if len(plan.groups) > MAX_GROUPS:
+            return plan
+        for slot in plan.groups:
+            slot.peers.sort()
         plan.ok = True
         return plan
 
@@ -316,3 +330,11 @@ class Router:
         for grp in groups:
             n += self._deliver_group(grp, msg)
         return n
+
+
+def _plain(session: Session, opts: SubOpts) -> bool:
+    """A subscriber the fast lane can write to as it is (see bwfast.fastpath)."""
+    conn = session.conn
+    return (conn is not None and session.live and not opts.no_local and not opts.sub_id
+            and session.moved_to < 0 and session.seen is None and not session.max_packet
+            and not conn.alias_max_out)

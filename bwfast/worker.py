@@ -271,11 +271,12 @@ class Worker:
                 self.cluster.retained_changed(msg)
         return n, seq
 
-    def _slow_forwarded(self, cid: str, mid: int, topic: str, payload: bytes) -> None:
-        """A peer's fast-lane message whose topic needs the general path here."""
+    def _slow_forwarded(self, cid: str, mid: int, topic: str, payload: bytes, normal: bool,
+                        groups: list[tuple[str, str]]) -> None:
+        """A peer's fast-lane message that needs the general path here."""
         msg = Message(topic, payload, 0, False, None, 0.0, cid, self.wall)
         msg.mid = mid
-        self.router.deliver_forwarded(msg, True, [])
+        self.router.deliver_forwarded(msg, normal, groups)
 
     def forward_to_session(self, peer: int, session: Any, msg: Message, qos: int, retain: bool,
                            sub_ids: list[int] | None) -> None:

@@ -18,8 +18,13 @@ property length added), so the lane
   message id, packets]``;
 - records the message in the REST history rings as one shared tuple.
 
+Shared subscriptions are planned too: a group's slot lists its local
+members and the peers that have members; each message goes to one
+candidate, round robin, and a peer chosen for a group gets the packet with
+the group named in its bus item (MQTT 5.0 §4.8.2).
+
 A plan is *ok* only when nothing about the delivery needs the general path:
-no shared group, no no-local, subscription identifier, topic alias or
+no no-local, subscription identifier, topic alias or
 maximum packet size on a subscriber, every subscriber connected and live
 (CONNACK sent), no session moving between workers, no dead peer. The router
 drops every plan when any of that may have changed (Router.invalidate). The
@@ -42,14 +47,39 @@ cpdef bint is_compiled():
     return cython.compiled
 
 
+MAX_GROUPS = 8  # shared groups one topic may match and still be planned
+
+
+cdef class GroupSlot:
+    """One shared group (``$share/name/filter``) matching a plan's topic."""
+
+    cdef public tuple key       # (name, filter)
+    cdef public list local      # [(connection, command ring, client id, is v5)] members here
+    cdef public list peers      # peer workers with members
+    cdef public Py_ssize_t next     # round robin over [here] + peers
+    cdef public Py_ssize_t member   # round robin over the local members
+    cdef Py_ssize_t stamp, ref      # index of key in the current bus item's group list
+
+    def __init__(self, tuple key):
+        self.key = key
+        self.local = []
+        self.peers = []
+        self.next = 0
+        self.member = 0
+        self.stamp = -1
+        self.ref = 0
+
+
 cdef class Plan:
-    """What one topic's QoS 0 message needs: local targets by version, peers."""
+    """What one topic's QoS 0 message needs: local targets by version, peers, groups."""
 
     cdef public object topic    # str
     cdef public bint ok         # False: the general path delivers this topic
     cdef public list v4         # [(connection, command ring, client id)] MQTT 3.1 / 3.1.1
     cdef public list v5         # the same for MQTT 5.0 subscribers
-    cdef public list peers      # peer worker indexes with a matching route
+    cdef public list peers      # peer worker indexes with a matching (non-shared) route
+    cdef public list groups     # [GroupSlot]
+    cdef public dict local_groups   # (name, filter) -> GroupSlot with local members
 
     def __init__(self, topic):
         self.topic = topic
@@ -57,6 +87,17 @@ cdef class Plan:
         self.v4 = []
         self.v5 = []
         self.peers = []
+        self.groups = []
+        self.local_groups = {}
+
+    def group(self, tuple key):
+        """The slot for a group, made on first use."""
+        for slot in self.groups:
+            if (<GroupSlot>slot).key == key:
+                return slot
+        slot = GroupSlot(key)
+        self.groups.append(slot)
+        return slot
 
     def __repr__(self):
         return (f"Plan({self.topic!r}, ok={self.ok}, v4={len(self.v4)}, v5={len(self.v5)}, "
@@ -149,14 +190,22 @@ cdef class Lane:
     cdef set dirty_commands
     cdef object cluster
     cdef object bus
-    cdef public object slow_forwarded   # (cid, mid, topic, payload) -> None
+    cdef public object slow_forwarded   # (cid, mid, topic, payload, normal, groups) -> None
     cdef Py_ssize_t max_packet
     cdef PeerBuf* bufs
     cdef int nbufs
+    cdef unsigned char* normal          # per peer, for the message at hand
+    cdef unsigned char* ngroups
+    cdef unsigned short* grefs          # nbufs x MAX_GROUPS
+    cdef list gkeys                     # group keys named by this read's bus items
+    cdef Py_ssize_t call
     cdef public Py_ssize_t taken         # messages the lane carried (for tests and $SYS)
 
     def __cinit__(self):
         self.bufs = NULL
+        self.normal = NULL
+        self.ngroups = NULL
+        self.grefs = NULL
         self.nbufs = 0
 
     def __init__(self, worker, int nworkers, Py_ssize_t max_packet):
@@ -175,20 +224,31 @@ cdef class Lane:
         self.max_packet = max_packet
         self.slow_forwarded = None
         self.taken = 0
-        self.bufs = <PeerBuf*>PyMem_Malloc(max(nworkers, 1) * sizeof(PeerBuf))
-        if self.bufs == NULL:
+        self.gkeys = []
+        self.call = 0
+        nworkers = max(nworkers, 1)
+        self.bufs = <PeerBuf*>PyMem_Malloc(nworkers * sizeof(PeerBuf))
+        self.normal = <unsigned char*>PyMem_Malloc(nworkers)
+        self.ngroups = <unsigned char*>PyMem_Malloc(nworkers)
+        self.grefs = <unsigned short*>PyMem_Malloc(nworkers * MAX_GROUPS * sizeof(unsigned short))
+        if self.bufs == NULL or self.normal == NULL or self.ngroups == NULL or self.grefs == NULL:
             raise MemoryError()
         self.nbufs = nworkers
         for i in range(nworkers):
             self.bufs[i].data = NULL
             self.bufs[i].len = 0
             self.bufs[i].cap = 0
+            self.normal[i] = 0
+            self.ngroups[i] = 0
 
     def __dealloc__(self):
         if self.bufs != NULL:
             for i in range(self.nbufs):
                 PyMem_Free(self.bufs[i].data)
             PyMem_Free(self.bufs)
+        PyMem_Free(self.normal)
+        PyMem_Free(self.ngroups)
+        PyMem_Free(self.grefs)
 
     # -- from a client ------------------------------------------------------------------
     def feed(self, conn, bytes data not None):
@@ -206,11 +266,14 @@ cdef class Lane:
         cdef const unsigned char* t
         cdef const unsigned char* last_t = NULL
         cdef Plan plan = None
+        cdef GroupSlot slot
         cdef bytes key, pkt
         cdef tuple entry
         cdef object ring = None, obj, wall, topic = None
         cdef int peer
+        cdef Py_ssize_t c, nlocal
         wall = self.worker.wall
+        self.call += 1
         while pos < n:
             total = _scan(p, pos, n, v5, self.max_packet, &hdr, &tl, &poff)
             if total == 0:
@@ -235,11 +298,27 @@ cdef class Lane:
                 ring = self._ring(self.events, session.client_id)
             ring.append(entry)
             self._deliver(plan, pkt, v5, hdr, tl, poff, entry, &sent, &dropped)
+            if plan.groups:
+                for obj in plan.groups:
+                    slot = <GroupSlot>obj
+                    nlocal = 1 if slot.local else 0
+                    c = slot.next % (nlocal + len(slot.peers))
+                    slot.next += 1
+                    if c < nlocal:
+                        self._give_member(slot, pkt, v5, hdr, tl, poff, entry, &sent, &dropped)
+                    else:
+                        peer = slot.peers[c - nlocal]
+                        if slot.stamp != self.call:
+                            slot.stamp = self.call
+                            slot.ref = len(self.gkeys)
+                            self.gkeys.append(slot.key)
+                        self.grefs[peer * MAX_GROUPS + self.ngroups[peer]] = <unsigned short>slot.ref
+                        self.ngroups[peer] += 1
             if plan.peers:
                 for obj in plan.peers:
-                    peer = obj
-                    self._buffer(peer, count, p + pos, total)
-                    fwd += 1
+                    self.normal[<int>obj] = 1
+            if plan.peers or plan.groups:
+                fwd += self._buffer_all(count, p + pos, total)
             count += 1
             pos += total
         if count:
@@ -268,60 +347,94 @@ cdef class Lane:
         cdef bytes other
         if plan.v4:
             other = _reform(pkt, hdr, tl, poff, False) if v5 else pkt
-            self._give(plan.v4, other, entry, sent, dropped)
+            for target in plan.v4:
+                self._give(<tuple>target, other, entry, sent, dropped)
         if plan.v5:
             other = pkt if v5 else _reform(pkt, hdr, tl, poff, True)
-            self._give(plan.v5, other, entry, sent, dropped)
+            for target in plan.v5:
+                self._give(<tuple>target, other, entry, sent, dropped)
         return 0
 
-    cdef int _give(self, list targets, bytes pkt, tuple entry, Py_ssize_t* sent,
-                   Py_ssize_t* dropped) except -1:
-        cdef tuple target
+    cdef int _give_member(self, GroupSlot slot, bytes pkt, bint v5, Py_ssize_t hdr,
+                          Py_ssize_t tl, Py_ssize_t poff, tuple entry, Py_ssize_t* sent,
+                          Py_ssize_t* dropped) except -1:
+        """One member of a local group gets the message: the next one, round robin,
+        that is keeping up (a congested member is skipped while another is not)."""
+        cdef list members = slot.local
+        cdef Py_ssize_t k, m = len(members)
+        cdef tuple target = None
+        for k in range(m):
+            target = <tuple>members[slot.member % m]
+            slot.member += 1
+            if not target[0].congested:
+                break
+        want5 = target[3]
+        if want5 == v5:
+            self._give(target, pkt, entry, sent, dropped)
+        else:
+            self._give(target, _reform(pkt, hdr, tl, poff, not v5), entry, sent, dropped)
+        return 0
+
+    cdef inline int _give(self, tuple target, bytes pkt, tuple entry, Py_ssize_t* sent,
+                          Py_ssize_t* dropped) except -1:
         cdef list out
-        for obj in targets:
-            target = <tuple>obj
-            ring = target[1]
-            ring.append(entry)
-            if len(ring) == 1:
-                self.dirty_commands.add(target[2])
-            conn = target[0]
-            if conn.closing:
-                continue
-            if conn.congested:  # a slow reader: QoS 0 to it is dropped, not buffered
-                dropped[0] += 1
-                continue
-            out = <list>conn.out
-            if not out:
-                self.mark_dirty(conn)
-            out.append(pkt)
-            sent[0] += 1
+        ring = target[1]
+        ring.append(entry)
+        if len(ring) == 1:
+            self.dirty_commands.add(target[2])
+        conn = target[0]
+        if conn.closing:
+            return 0
+        if conn.congested:  # a slow reader: QoS 0 to it is dropped, not buffered
+            dropped[0] += 1
+            return 0
+        out = <list>conn.out
+        if not out:
+            self.mark_dirty(conn)
+        out.append(pkt)
+        sent[0] += 1
         return 0
 
-    cdef int _buffer(self, int peer, Py_ssize_t index, const unsigned char* s,
-                     Py_ssize_t n) except -1:
-        """Append [u32 index][packet] to the peer's buffer for this read."""
+    cdef Py_ssize_t _buffer_all(self, Py_ssize_t index, const unsigned char* s,
+                                Py_ssize_t n) except -1:
+        """Append the message to each peer's buffer that gets it, as
+        [u32 index][u8 normal][u8 n groups][n x u16 group ref][packet];
+        return how many peers get it."""
         cdef PeerBuf* b
-        cdef Py_ssize_t need, cap
+        cdef Py_ssize_t need, cap, copies = 0
         cdef char* q
-        if peer < 0 or peer >= self.nbufs:
-            raise ValueError(f"no peer {peer}")
-        b = &self.bufs[peer]
-        need = b.len + 4 + n
-        if need > b.cap:
-            cap = max(need, b.cap * 2, 4096)
-            q = <char*>PyMem_Realloc(b.data, cap)
-            if q == NULL:
-                raise MemoryError()
-            b.data = q
-            b.cap = cap
-        q = b.data + b.len
-        q[0] = (index >> 24) & 255
-        q[1] = (index >> 16) & 255
-        q[2] = (index >> 8) & 255
-        q[3] = index & 255
-        memcpy(q + 4, s, n)
-        b.len = need
-        return 0
+        cdef int peer, g, ng
+        for peer in range(self.nbufs):
+            ng = self.ngroups[peer]
+            if not self.normal[peer] and not ng:
+                continue
+            b = &self.bufs[peer]
+            need = b.len + 6 + 2 * ng + n
+            if need > b.cap:
+                cap = max(need, b.cap * 2, 4096)
+                q = <char*>PyMem_Realloc(b.data, cap)
+                if q == NULL:
+                    raise MemoryError()
+                b.data = q
+                b.cap = cap
+            q = b.data + b.len
+            q[0] = (index >> 24) & 255
+            q[1] = (index >> 16) & 255
+            q[2] = (index >> 8) & 255
+            q[3] = index & 255
+            q[4] = self.normal[peer]
+            q[5] = ng
+            q += 6
+            for g in range(ng):
+                q[0] = self.grefs[peer * MAX_GROUPS + g] >> 8
+                q[1] = self.grefs[peer * MAX_GROUPS + g] & 255
+                q += 2
+            memcpy(q, s, n)
+            b.len = need
+            self.normal[peer] = 0
+            self.ngroups[peer] = 0
+            copies += 1
+        return copies
 
     cdef int _forward(self, object cid, int version, Py_ssize_t count) except -1:
         """One bus item per peer for this read; message i of the read gets id mid0 + i."""
@@ -331,10 +444,14 @@ cdef class Lane:
         mid0 = cluster._mid + 1
         cluster._mid += count
         mid0 = ((cluster.index + 1) << 48) | mid0
+        gkeys = self.gkeys
+        if gkeys:
+            self.gkeys = []
         for i in range(self.nbufs):
             b = &self.bufs[i]
             if b.len:
-                self.bus.queue_item(i, [cid, version, mid0, PyBytes_FromStringAndSize(b.data, b.len)])
+                self.bus.queue_item(i, [cid, version, mid0,
+                                        PyBytes_FromStringAndSize(b.data, b.len), gkeys])
                 b.len = 0
                 if b.cap > 1 << 20:  # don't keep a huge buffer after a burst
                     PyMem_Free(b.data)
@@ -343,24 +460,36 @@ cdef class Lane:
         return 0
 
     # -- from a peer worker --------------------------------------------------------------
-    def deliver_forwarded(self, object cid, int version, object mid0, bytes blob not None):
+    def deliver_forwarded(self, object cid, int version, object mid0, bytes blob not None,
+                          list gkeys not None):
         """Deliver a peer's fast-lane item (see _forward) to this worker's subscribers.
 
-        Topics whose plan here is not ok go through ``slow_forwarded`` one by one."""
+        Topics whose plan here is not ok, and groups without a member here now, go
+        through ``slow_forwarded`` one message at a time."""
         cdef bint v5 = version == 5
         cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(blob)
         cdef Py_ssize_t n = PyBytes_GET_SIZE(blob)
         cdef Py_ssize_t pos = 0, total, hdr = 0, tl = 0, poff = 0, last_tl = -1, index
-        cdef Py_ssize_t sent = 0, dropped = 0
+        cdef Py_ssize_t sent = 0, dropped = 0, g, ng
+        cdef bint normal
         cdef const unsigned char* t
         cdef const unsigned char* last_t = NULL
         cdef Plan plan = None
         cdef bytes key, pkt
+        cdef tuple entry
+        cdef list keys = [tuple(k) for k in gkeys]
+        cdef list slow_groups
         cdef object obj, wall = self.worker.wall, topic = None
-        while pos + 4 < n:
+        while pos + 6 < n:
             index = ((<Py_ssize_t>p[pos] << 24) | (<Py_ssize_t>p[pos + 1] << 16)
                      | (<Py_ssize_t>p[pos + 2] << 8) | p[pos + 3])
-            pos += 4
+            normal = p[pos + 4]
+            ng = p[pos + 5]
+            pos += 6
+            if pos + 2 * ng > n:
+                raise ValueError("malformed fast-lane item from a peer")
+            gstart = pos
+            pos += 2 * ng
             total = _scan(p, pos, n, v5, n, &hdr, &tl, &poff)
             if total == 0:
                 raise ValueError("malformed fast-lane item from a peer")
@@ -377,11 +506,27 @@ cdef class Lane:
                 last_tl = tl
                 topic = plan.topic
             pkt = PyBytes_FromStringAndSize(<const char*>p + pos, total)
+            entry = (topic, pkt, poff, wall)
+            slow_groups = None
             if plan.ok:
-                self._deliver(plan, pkt, v5, hdr, tl, poff, (topic, pkt, poff, wall),
-                              &sent, &dropped)
+                if normal:
+                    self._deliver(plan, pkt, v5, hdr, tl, poff, entry, &sent, &dropped)
+                for g in range(ng):
+                    gkey = keys[(p[gstart + 2 * g] << 8) | p[gstart + 2 * g + 1]]
+                    obj = plan.local_groups.get(gkey)
+                    if obj is not None:
+                        self._give_member(<GroupSlot>obj, pkt, v5, hdr, tl, poff, entry,
+                                          &sent, &dropped)
+                    else:
+                        if slow_groups is None:
+                            slow_groups = []
+                        slow_groups.append(gkey)
+                if slow_groups is not None:
+                    self.slow_forwarded(cid, mid0 + index, topic, pkt[poff:], False, slow_groups)
             else:
-                self.slow_forwarded(cid, mid0 + index, topic, pkt[poff:])
+                slow_groups = [keys[(p[gstart + 2 * g] << 8) | p[gstart + 2 * g + 1]]
+                               for g in range(ng)]
+                self.slow_forwarded(cid, mid0 + index, topic, pkt[poff:], normal, slow_groups)
             pos += total
         if sent:
             self.stats.msgs_sent += sent

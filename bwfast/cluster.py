@@ -251,7 +251,7 @@ class Cluster:
         """Send once what this iteration staged in LMDB is committed (in order with
         the other after-commit sends), or now when nothing is staged."""
         store = self.worker.store
-        if store.dirty:
+        if store.urgent:
             store.after_commit(lambda: self.bus.send(peer, frame))
         else:
             self.bus.send(peer, frame)

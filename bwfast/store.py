@@ -31,6 +31,11 @@ DB_NAMES = (
 # an fsync of their own: a power cut may lose their last moments, never an
 # acknowledged message.
 DURABLE_DBS = frozenset({"sessions", "queue", "inflight", "retained", "auth", "meta", "revoked"})
+# Records nothing waits for: what the REST API lists (seen within a second) and
+# which worker holds a clean session (a race with a CONNECT on another worker
+# exists before any commit anyway). A batch of only these is committed lazily
+# and holds back no acknowledgement (see `urgent`).
+LAZY_DBS = frozenset({"devices", "events", "commands", "subs", "clients"})
 DEFAULT_MAP_SIZE = 8 << 30  # sparse file; grows on demand up to this
 MAX_KEY = 480  # LMDB's limit is 511 bytes; a topic may be 65535
 
@@ -80,6 +85,7 @@ class Store:
         self._pending: dict[tuple[str, bytes], bytes | None] = {}
         self._callbacks: list[Callable[[], None]] = []
         self._needs_sync = False
+        self._urgent = False
         self._check_schema()
 
     # -- schema -----------------------------------------------------------------
@@ -101,15 +107,25 @@ class Store:
     def dirty(self) -> bool:
         return bool(self._pending) or bool(self._callbacks)
 
+    @property
+    def urgent(self) -> bool:
+        """Staged writes an acknowledgement must wait for (anything outside LAZY_DBS),
+        or callbacks waiting for the commit."""
+        return self._urgent or bool(self._callbacks)
+
     def put(self, db: str, key: bytes, value: Any, durable: bool | None = None) -> None:
         """Stage a write; ``durable=False`` skips the fsync for a record whose loss in
         a power cut costs nothing acknowledged (default: by database)."""
         self._pending[(db, dbkey(key))] = pack(value)
+        if db not in LAZY_DBS:
+            self._urgent = True
         if durable or (durable is None and db in DURABLE_DBS):
             self._needs_sync = True
 
     def delete(self, db: str, key: bytes, durable: bool | None = None) -> None:
         self._pending[(db, dbkey(key))] = None
+        if db not in LAZY_DBS:
+            self._urgent = True
         if durable or (durable is None and db in DURABLE_DBS):
             self._needs_sync = True
 
@@ -125,6 +141,7 @@ class Store:
         pending, self._pending = self._pending, {}
         callbacks, self._callbacks = self._callbacks, []
         needs_sync, self._needs_sync = self._needs_sync, False
+        self._urgent = False
         if pending:
             try:
                 self._write(pending, skip_bad=False)
@@ -179,6 +196,8 @@ class Store:
 
     def delete_prefix(self, db: str, prefix: bytes) -> None:
         """Stage deletion of every committed and staged key under ``prefix``."""
+        if db not in LAZY_DBS:
+            self._urgent = True
         for key, _ in self.items(db, prefix):
             self._pending[(db, key)] = None
         for (d, key) in list(self._pending):

@@ -50,6 +50,7 @@ class AckTarget(Protocol):
 CONNECT_TIMEOUT = 10.0  # seconds a socket may stay open without a CONNECT
 SCAN_INTERVAL = 0.25    # keepalive / clock granularity
 COMMIT_GAP = 0.001      # seconds between two LMDB commits at most (see _tick)
+LAZY_COMMIT_GAP = 0.05  # ... when nothing waits for the commit (Store.urgent)
 
 
 class Worker:
@@ -80,6 +81,7 @@ class Worker:
         self._tick_scheduled = False
         self._last_commit = 0.0
         self._commit_timer: asyncio.TimerHandle | None = None
+        self._commit_at = 0.0
         self._stopping = False
         self._timers: list[asyncio.TimerHandle] = []
         self.stopped = asyncio.Event()
@@ -175,11 +177,14 @@ class Worker:
             # QoS 1 messages each transaction carries many (one commit costs
             # several page writes, whatever it holds).
             now = time.monotonic()
-            wait = self._last_commit + COMMIT_GAP - now
+            wait = self._last_commit + (COMMIT_GAP if store.urgent else LAZY_COMMIT_GAP) - now
             if wait <= 0:
                 self._last_commit = now
                 store.commit()
-            elif self._commit_timer is None:
+            elif self._commit_timer is None or self._commit_at > now + wait:
+                if self._commit_timer is not None:
+                    self._commit_timer.cancel()
+                self._commit_at = now + wait
                 self._commit_timer = self.loop.call_later(wait, self._commit_due)
         dirty = self._dirty
         if dirty:
@@ -203,7 +208,7 @@ class Worker:
         order their packets came [MQTT-4.6.0-2], waiting behind each other.
         """
         entry: list[Any] = [data, 0, then]
-        if self.store.dirty:
+        if self.store.urgent:
             entry[1] += 1
             self.store.after_commit(lambda: self.release(conn, entry))
             self.schedule_tick()

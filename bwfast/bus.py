@@ -78,6 +78,8 @@ class Bus:
         self.server: asyncio.AbstractServer | None = None
         self.closed = False
         self.frames_sent = 0
+        # One packer for every frame (msgpack.packb builds a new Packer per call).
+        self._pack = msgpack.Packer(use_bin_type=True).pack
 
     async def start(self) -> None:
         os.makedirs(self.run_dir, exist_ok=True)
@@ -121,7 +123,7 @@ class Bus:
 
     # -- sending ------------------------------------------------------------------------------------
     def send(self, peer: int, frame: Any) -> None:
-        self.send_packed(peer, msgpack.packb(frame, use_bin_type=True))
+        self.send_packed(peer, self._pack(frame))
 
     def queue_item(self, peer: int, item: Any) -> None:
         """A forwarded message: batched with the others of this loop iteration."""
@@ -134,7 +136,7 @@ class Bus:
         items = self.items[peer]
         if items:
             self.items[peer] = []
-            self._append(peer, msgpack.packb(["pubs", self.index, items], use_bin_type=True))
+            self._append(peer, self._pack(["pubs", self.index, items]))
 
     def send_packed(self, peer: int, data: bytes) -> None:
         self._seal(peer)  # frames keep their order with the batched messages
@@ -150,7 +152,7 @@ class Bus:
         out.append(data)
 
     def broadcast(self, frame: Any) -> None:
-        data = msgpack.packb(frame, use_bin_type=True)
+        data = self._pack(frame)
         for peer in self.peers:
             self.send_packed(peer, data)
 

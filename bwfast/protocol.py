@@ -79,6 +79,8 @@ class Connection(asyncio.Protocol):
         worker.stats.bytes_received += len(data)
         parser = self.parser
         if self.session is not None:
+            if type(data) is not bytes:
+                data = bytes(data)
             # The fast lane (bwfast.fastpath) takes the leading QoS 0 PUBLISHes it can
             # route on its own; the parser and the handlers do whatever follows.
             if parser.pending:

@@ -48,12 +48,11 @@ def dbkey(key: bytes) -> bytes:
     return b"\xff#" + hashlib.sha256(key).digest()
 
 
-def pack(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)
+pack: Callable[[Any], bytes] = msgpack.Packer(use_bin_type=True).pack
 
 
 def unpack(data: bytes) -> Any:
-    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)  # the C function itself
 
 
 class StoreError(Exception):

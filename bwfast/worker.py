@@ -184,6 +184,9 @@ class Worker:
             elif self._commit_timer is None or self._commit_at > now + wait:
                 if self._commit_timer is not None:
                     self._commit_timer.cancel()
+                # The loop's timers count whole milliseconds: never ask for less
+                # than one, or a timer due "now" spins until the gap is over.
+                wait = max(wait, 0.001)
                 self._commit_at = now + wait
                 self._commit_timer = self.loop.call_later(wait, self._commit_due)
         dirty = self._dirty

@@ -31,11 +31,11 @@ DB_NAMES = (
 # an fsync of their own: a power cut may lose their last moments, never an
 # acknowledged message.
 DURABLE_DBS = frozenset({"sessions", "queue", "inflight", "retained", "auth", "meta", "revoked"})
-# Records nothing waits for: what the REST API lists (seen within a second) and
-# which worker holds a clean session (a race with a CONNECT on another worker
-# exists before any commit anyway). A batch of only these is committed lazily
-# and holds back no acknowledgement (see `urgent`).
-LAZY_DBS = frozenset({"devices", "events", "commands", "subs", "clients"})
+# Records nothing waits for: what the REST API lists (seen within a second).
+# A batch of only these is committed lazily and holds back no acknowledgement
+# (see `urgent`). `clients` is not one of them: a CONNECT for the same client id
+# on another worker right after our CONNACK must find us there (takeover).
+LAZY_DBS = frozenset({"devices", "events", "commands", "subs"})
 DEFAULT_MAP_SIZE = 8 << 30  # sparse file; grows on demand up to this
 MAX_KEY = 480  # LMDB's limit is 511 bytes; a topic may be 65535
 

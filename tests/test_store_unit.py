@@ -125,3 +125,41 @@ class _SyncSpy:
 
     def __getattr__(self, name):
         return getattr(self._env, name)
+
+
+@pytest.mark.parametrize("db", ["devices", "events", "commands", "subs"])
+def test_history_records_are_lazy_and_hold_back_no_ack(tmp_path, db):
+    """What only the REST API reads is staged without making the batch urgent:
+    the worker commits it later and acknowledgements don't wait for it."""
+    s = Store(str(tmp_path), sync=False)
+    s.put(db, b"dev", {"status": "active"})
+    assert s.dirty and not s.urgent
+    s.delete(db, b"other")
+    assert not s.urgent
+    s.commit()
+    assert committed(s, db, b"dev") == {"status": "active"}
+
+
+@pytest.mark.parametrize("db", ["sessions", "queue", "inflight", "retained", "clients", "routes",
+                                "wills"])
+def test_acknowledged_and_shared_records_make_the_batch_urgent(tmp_path, db):
+    s = Store(str(tmp_path), sync=False)
+    s.put("devices", b"dev", {})
+    s.put(db, b"k", [1])
+    assert s.urgent
+    s.commit()
+    assert not s.urgent and not s.dirty
+    s.delete(db, b"k")
+    assert s.urgent
+    s.commit()
+    s.delete_prefix(db, b"k")
+    assert s.urgent
+
+
+def test_a_pending_callback_makes_the_batch_urgent(tmp_path):
+    """An ack already waiting for the commit keeps later acks behind it (order)."""
+    s = Store(str(tmp_path), sync=False)
+    s.after_commit(lambda: None)
+    assert s.urgent
+    s.commit()
+    assert not s.urgent

@@ -14,8 +14,7 @@ traffic through the places where the lane takes packets or hands them over:
   client id, a takeover, a subscription identifier, no-local, a shared group, a
   subscriber's Maximum Packet Size or Topic Alias Maximum) while a publisher streams;
 - packets cut anywhere, the REST history of what the lane carried, `$` topics;
-- a persistent subscriber coming back again and again (on other workers: its
-  session moves) while a publisher streams.
+- a persistent subscriber that was offline while messages came.
 
 With 4 workers the clients are placed (see test_cluster_support.py) so that each
 test has subscribers on the publisher's worker and on others.

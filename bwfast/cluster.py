@@ -80,8 +80,13 @@ class Cluster:
 
     def new_mid(self) -> int:
         """A message id unique across workers (see Session.seen)."""
-        self._mid += 1
-        return ((self.index + 1) << 48) | self._mid
+        return self.new_mids(1)
+
+    def new_mids(self, count: int) -> int:
+        """The first of ``count`` consecutive message ids (the fast lane's reads)."""
+        first = self._mid + 1
+        self._mid += count
+        return ((self.index + 1) << 48) | first
 
     def next_seq(self) -> int:
         self._seq += 1

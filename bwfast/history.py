@@ -46,21 +46,18 @@ class History:
 
     # -- hot path: one append each ----------------------------------------------------------------
     def event(self, cid: str, msg: Message) -> None:
-        ring = self.events.get(cid)
-        if ring is None:
-            ring = self.events[cid] = deque(maxlen=RING)
-        ring.append(msg)
+        self.event_ring(cid).append(msg)
         self.dirty_events.add(cid)
 
     def command(self, cid: str, msg: Message) -> None:
         self.command_ring(cid).append(msg)
         self.dirty_commands.add(cid)
 
+    def event_ring(self, cid: str) -> deque:
+        return _ring(self.events, cid)
+
     def command_ring(self, cid: str) -> deque:
-        ring = self.commands.get(cid)
-        if ring is None:
-            ring = self.commands[cid] = deque(maxlen=RING)
-        return ring
+        return _ring(self.commands, cid)
 
     def subscriptions_changed(self, session: Session, gone: bool = False) -> None:
         self.dirty_subs[session.client_id] = None if gone else session
@@ -146,6 +143,13 @@ class History:
         rows = old + [_row(m) for m in ring]
         store.put(db, key, rows[-RING:])
         ring.clear()
+
+
+def _ring(rings: dict[str, deque], cid: str) -> deque:
+    ring = rings.get(cid)
+    if ring is None:
+        ring = rings[cid] = deque(maxlen=RING)
+    return ring
 
 
 def _row(m: Message | tuple) -> list:

@@ -145,14 +145,17 @@ class Session:
 
     def _enqueue(self, msg: Message, qos: int, retain: bool, sub_ids: list[int] | None) -> None:
         limit = self.worker.cfg.broker.max_queued_messages
-        queue = self.queue
-        if queue is None:
-            queue = self.queue = deque()
-        elif len(queue) >= limit:
+        if self.queue is not None and len(self.queue) >= limit:
             self.worker.stats.dropped += 1
             return
         seq = self._persist_new(msg, qos, retain, sub_ids) if qos else 0
-        queue.append([AWAIT_ACK, msg, qos, retain, sub_ids, seq])
+        self._queue().append([AWAIT_ACK, msg, qos, retain, sub_ids, seq])
+
+    def _queue(self) -> deque[list]:
+        """The offline queue, made on first use."""
+        if self.queue is None:
+            self.queue = deque()
+        return self.queue
 
     def _persist_new(self, msg: Message, qos: int, retain: bool, sub_ids: list[int] | None) -> int:
         """Stage a QoS 1/2 message of a persistent session in LMDB; return its sequence."""
@@ -283,6 +286,4 @@ class Session:
             self.inflight[pid] = entry
             self.next_pid = pid + 1 if pid < 65535 else 1
         else:
-            if self.queue is None:
-                self.queue = deque()
-            self.queue.append(entry)
+            self._queue().append(entry)

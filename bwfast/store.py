@@ -116,13 +116,14 @@ class Store:
         """Stage a write; ``durable=False`` skips the fsync for a record whose loss in
         a power cut costs nothing acknowledged (default: by database)."""
         self._pending[(db, dbkey(key))] = pack(value)
-        if db not in LAZY_DBS:
-            self._urgent = True
-        if durable or (durable is None and db in DURABLE_DBS):
-            self._needs_sync = True
+        self._staged(db, durable)
 
     def delete(self, db: str, key: bytes, durable: bool | None = None) -> None:
         self._pending[(db, dbkey(key))] = None
+        self._staged(db, durable)
+
+    def _staged(self, db: str, durable: bool | None) -> None:
+        """What a staged write to ``db`` asks of the commit: soon (urgent), fsynced."""
         if db not in LAZY_DBS:
             self._urgent = True
         if durable or (durable is None and db in DURABLE_DBS):

@@ -38,10 +38,6 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from libc.string cimport memcmp, memcpy
 
-from collections import deque
-
-RING = 10  # history.RING: the last events / commands kept per device
-
 
 cpdef bint is_compiled():
     return cython.compiled
@@ -147,6 +143,10 @@ cdef inline Py_ssize_t _scan(const unsigned char* p, Py_ssize_t pos, Py_ssize_t 
     return total
 
 
+cdef inline Py_ssize_t _u16(const unsigned char* s) noexcept nogil:
+    return (<Py_ssize_t>s[0] << 8) | s[1]
+
+
 cdef bytes _reform(bytes pkt, Py_ssize_t hdr, Py_ssize_t tl, Py_ssize_t poff, bint to5):
     """The packet in the other version's form: v5 has a property length (0) after the topic."""
     cdef const unsigned char* s = <const unsigned char*>PyBytes_AS_STRING(pkt)
@@ -185,7 +185,7 @@ cdef class Lane:
     cdef object worker
     cdef object stats
     cdef object mark_dirty
-    cdef dict events
+    cdef object event_ring
     cdef set dirty_events
     cdef set dirty_commands
     cdef object cluster
@@ -216,7 +216,7 @@ cdef class Lane:
         self.make_plan = router.make_plan
         self.stats = worker.stats
         self.mark_dirty = worker.mark_dirty
-        self.events = history.events
+        self.event_ring = history.event_ring
         self.dirty_events = history.dirty_events
         self.dirty_commands = history.dirty_commands
         self.cluster = worker.cluster
@@ -280,14 +280,8 @@ cdef class Lane:
                 break
             t = p + pos + hdr + 2
             if plan is None or tl != last_tl or memcmp(t, last_t, tl) != 0:
-                key = PyBytes_FromStringAndSize(<const char*>t, tl)
-                obj = self.plans.get(key)
-                if obj is None:
-                    obj = self.make_plan(key)
-                    if obj is None:
-                        break
-                plan = <Plan>obj
-                if not plan.ok:
+                plan = self._plan(t, tl)
+                if plan is None or not plan.ok:
                     break
                 last_t = t
                 last_tl = tl
@@ -295,7 +289,7 @@ cdef class Lane:
             pkt = PyBytes_FromStringAndSize(<const char*>p + pos, total)
             entry = (topic, pkt, poff, wall)
             if ring is None:
-                ring = self._ring(self.events, session.client_id)
+                ring = self.event_ring(session.client_id)
             ring.append(entry)
             self._deliver(plan, pkt, v5, hdr, tl, poff, entry, &sent, &dropped)
             if plan.groups:
@@ -335,11 +329,13 @@ cdef class Lane:
                 self._forward(session.client_id, version, count)
         return pos
 
-    cdef object _ring(self, dict rings, object cid):
-        ring = rings.get(cid)
-        if ring is None:
-            ring = rings[cid] = deque(maxlen=RING)
-        return ring
+    cdef Plan _plan(self, const unsigned char* t, Py_ssize_t tl):
+        """The cached plan for a topic, made on a miss; None for an invalid name."""
+        cdef bytes key = PyBytes_FromStringAndSize(<const char*>t, tl)
+        obj = self.plans.get(key)
+        if obj is None:
+            obj = self.make_plan(key)
+        return <Plan>obj
 
     cdef int _deliver(self, Plan plan, bytes pkt, bint v5, Py_ssize_t hdr, Py_ssize_t tl,
                       Py_ssize_t poff, tuple entry, Py_ssize_t* sent,
@@ -440,10 +436,7 @@ cdef class Lane:
         """One bus item per peer for this read; message i of the read gets id mid0 + i."""
         cdef PeerBuf* b
         cdef int i
-        cluster = self.cluster
-        mid0 = cluster._mid + 1
-        cluster._mid += count
-        mid0 = ((cluster.index + 1) << 48) | mid0
+        mid0 = self.cluster.new_mids(count)
         gkeys = self.gkeys
         if gkeys:
             self.gkeys = []
@@ -470,7 +463,7 @@ cdef class Lane:
         cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(blob)
         cdef Py_ssize_t n = PyBytes_GET_SIZE(blob)
         cdef Py_ssize_t pos = 0, total, hdr = 0, tl = 0, poff = 0, last_tl = -1, index
-        cdef Py_ssize_t sent = 0, dropped = 0, g, ng
+        cdef Py_ssize_t sent = 0, dropped = 0, g, ng, gstart
         cdef bint normal
         cdef const unsigned char* t
         cdef const unsigned char* last_t = NULL
@@ -495,13 +488,9 @@ cdef class Lane:
                 raise ValueError("malformed fast-lane item from a peer")
             t = p + pos + hdr + 2
             if plan is None or tl != last_tl or memcmp(t, last_t, tl) != 0:
-                key = PyBytes_FromStringAndSize(<const char*>t, tl)
-                obj = self.plans.get(key)
-                if obj is None:
-                    obj = self.make_plan(key)
-                    if obj is None:
-                        raise ValueError("invalid topic in a fast-lane item from a peer")
-                plan = <Plan>obj
+                plan = self._plan(t, tl)
+                if plan is None:
+                    raise ValueError("invalid topic in a fast-lane item from a peer")
                 last_t = t
                 last_tl = tl
                 topic = plan.topic
@@ -512,7 +501,7 @@ cdef class Lane:
                 if normal:
                     self._deliver(plan, pkt, v5, hdr, tl, poff, entry, &sent, &dropped)
                 for g in range(ng):
-                    gkey = keys[(p[gstart + 2 * g] << 8) | p[gstart + 2 * g + 1]]
+                    gkey = keys[_u16(p + gstart + 2 * g)]
                     obj = plan.local_groups.get(gkey)
                     if obj is not None:
                         self._give_member(<GroupSlot>obj, pkt, v5, hdr, tl, poff, entry,
@@ -524,8 +513,7 @@ cdef class Lane:
                 if slow_groups is not None:
                     self.slow_forwarded(cid, mid0 + index, topic, pkt[poff:], False, slow_groups)
             else:
-                slow_groups = [keys[(p[gstart + 2 * g] << 8) | p[gstart + 2 * g + 1]]
-                               for g in range(ng)]
+                slow_groups = [keys[_u16(p + gstart + 2 * g)] for g in range(ng)]
                 self.slow_forwarded(cid, mid0 + index, topic, pkt[poff:], normal, slow_groups)
             pos += total
         if sent:

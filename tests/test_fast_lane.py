@@ -978,35 +978,28 @@ def test_rest_history_shows_fast_lane_messages(
                         else publish(t, p, version=version) for t, p in sent)
         pub.send(data)
         assert pub.expect_ack(PUBACK, LONG).pid == 1
-        for s in subs:
-            assert [(m.topic, m.payload) for m in receive_n(s, len(sent))] == sent
-        newest = sent[::-1][:10]
-        for path, cid, key in [("last_events_by_device/", mq.cid("pub"), "events"),
-                               ("last_commands_to_device/", mq.cid("s1"), "commands"),
-                               ("last_commands_to_device/", mq.cid("s2"), "commands")]:
+        def expect_history(sent: list[tuple[str, bytes]]) -> None:
+            """Every subscriber got ``sent``; the publisher's last events and each
+            subscriber's last commands are its newest 10, newest first."""
+            for s in subs:
+                assert [(m.topic, m.payload) for m in receive_n(s, len(sent))] == sent
+            newest = sent[::-1][:10]
+            for path, cid, key in [("last_events_by_device/", mq.cid("pub"), "events"),
+                                   ("last_commands_to_device/", mq.cid("s1"), "commands"),
+                                   ("last_commands_to_device/", mq.cid("s2"), "commands")]:
 
-            def newest_first(path: str = path, cid: str = cid, key: str = key) -> Any:
-                rows = _rows(api_broker, path, cid, key)
-                return rows[:1] == newest[:1] and rows
+                def newest_first(path: str = path, cid: str = cid, key: str = key) -> Any:
+                    rows = _rows(api_broker, path, cid, key)
+                    return rows[:1] == newest[:1] and rows
 
-            rows = eventually(newest_first, timeout=3.0)
-            assert rows == newest, f"{path} {cid}: {rows}"
+                rows = eventually(newest_first, timeout=3.0)
+                assert rows == newest, f"{path} {cid}: {rows}"
+
+        expect_history(sent)
         # Only what the lane takes this time (nothing else marks the rings to be saved)
         late = [(a, b"late-%d" % i) for i in range(12)]
         pub.send(b"".join(publish(t, p, version=version) for t, p in late))
-        for s in subs:
-            assert [(m.topic, m.payload) for m in receive_n(s, len(late))] == late
-        newest = late[::-1][:10]
-        for path, cid, key in [("last_events_by_device/", mq.cid("pub"), "events"),
-                               ("last_commands_to_device/", mq.cid("s1"), "commands"),
-                               ("last_commands_to_device/", mq.cid("s2"), "commands")]:
-
-            def newest_late(path: str = path, cid: str = cid, key: str = key) -> Any:
-                rows = _rows(api_broker, path, cid, key)
-                return rows[:1] == newest[:1] and rows
-
-            rows = eventually(newest_late, timeout=3.0)
-            assert rows == newest, f"{path} {cid}: {rows}"
+        expect_history(late)
     finally:
         mq.close_all()
 

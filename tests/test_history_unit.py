@@ -13,13 +13,19 @@ def conn(cid: str) -> SimpleNamespace:
                            username=None, version=4)
 
 
+def flushed(*histories: History) -> None:
+    """Each history's flush, then the worker's commit of the batch."""
+    for h in histories:
+        h.flush()
+        h.store.commit()
+
+
 def test_rows_are_written_by_the_flush_not_per_connect(tmp_path):
     store = Store(str(tmp_path), sync=False)
     h = History(store, 0)
     h.connected(conn("d1"))
     assert not store.dirty  # a CONNECT costs no LMDB write of its own
-    h.flush()
-    store.commit()
+    flushed(h)
     row = store.get("devices", b"d1")
     assert row["status"] == "active" and row["worker"] == 0 and row["listener"] == "mqtt"
 
@@ -29,8 +35,7 @@ def test_connect_and_disconnect_within_one_interval_leave_an_inactive_row(tmp_pa
     h = History(store, 0)
     h.connected(conn("d1"))
     h.disconnected("d1")
-    h.flush()
-    store.commit()
+    flushed(h)
     row = store.get("devices", b"d1")
     assert row["status"] == "inactive" and row["disconnected"] >= row["connected"]
 
@@ -39,11 +44,9 @@ def test_disconnect_after_a_flush_marks_our_row_inactive(tmp_path):
     store = Store(str(tmp_path), sync=False)
     h = History(store, 0)
     h.connected(conn("d1"))
-    h.flush()
-    store.commit()
+    flushed(h)
     h.disconnected("d1")
-    h.flush()
-    store.commit()
+    flushed(h)
     assert store.get("devices", b"d1")["status"] == "inactive"
 
 
@@ -53,14 +56,11 @@ def test_a_device_that_moved_to_another_worker_keeps_its_row(tmp_path):
     store = Store(str(tmp_path), sync=False)
     h0, h1 = History(store, 0), History(store, 1)
     h0.connected(conn("d1"))
-    h0.flush()
-    store.commit()
+    flushed(h0)
     h1.connected(conn("d1"))
-    h1.flush()
-    store.commit()
+    flushed(h1)
     h0.disconnected("d1")
-    h0.flush()
-    store.commit()
+    flushed(h0)
     row = store.get("devices", b"d1")
     assert row["status"] == "active" and row["worker"] == 1
 
@@ -69,10 +69,8 @@ def test_reconnect_on_the_same_worker_before_the_flush_stays_active(tmp_path):
     store = Store(str(tmp_path), sync=False)
     h = History(store, 0)
     h.connected(conn("d1"))
-    h.flush()
-    store.commit()
+    flushed(h)
     h.disconnected("d1")
     h.connected(conn("d1"))
-    h.flush()
-    store.commit()
+    flushed(h)
     assert store.get("devices", b"d1")["status"] == "active"

@@ -8,7 +8,7 @@ exits non-zero at once with one line naming the key or the problem").
 
 Reading rules
 - Keys are case-insensitive; our sections are ``[broker] [tls] [websocket]
-  [persistence] [authentication] [api]``. An unknown key in them, or an
+  [persistence] [authentication] [acl] [api]``. An unknown key in them, or an
   unknown section, is fatal.
 - Comments: whole lines starting with ``;`` or ``#``, and inline comments. An
   inline comment may follow a number, boolean or word with no space before it
@@ -96,6 +96,8 @@ class BrokerConfig:
     allow_zero_length_clientid: bool = True
     sys_interval: int = 10  # seconds between $SYS publications; 0 = no $SYS
     log_level: str = "info"
+    max_connect_size: int = 65536  # bytes a CONNECT may take (before authentication)
+    max_connections: int = 0  # clients at once, summed over workers; 0 = unlimited
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,15 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class AclConfig:
+    """``[acl]``: topic permissions (CONTRACT.md, "Access control")."""
+
+    enabled: bool = False
+    file: str = ""          # a Mosquitto acl_file; absolute, or "" when unset
+    default: str = "deny"   # what no rule grants: "deny" or "allow"
+
+
+@dataclass(frozen=True)
 class APIConfig:
     """``[api]``: the REST API and its login."""
 
@@ -156,6 +167,7 @@ class Config:
     websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
     persistence: PersistenceConfig = field(default_factory=PersistenceConfig)
     authentication: AuthConfig = field(default_factory=AuthConfig)
+    acl: AclConfig = field(default_factory=AclConfig)
     api: APIConfig = field(default_factory=APIConfig)
     source: str | None = None  # absolute path of the file read, if any
     warnings: list[str] = field(default_factory=list, hash=False)
@@ -167,6 +179,7 @@ _SECTION_CLASSES: dict[str, type] = {
     "websocket": WebSocketConfig,
     "persistence": PersistenceConfig,
     "authentication": AuthConfig,
+    "acl": AclConfig,
     "api": APIConfig,
 }
 
@@ -253,6 +266,13 @@ def _optional_file(text: str) -> str:
     return os.path.abspath(os.path.expanduser(text)) if text else ""
 
 
+def _acl_default(text: str) -> str:
+    word = text.lower()
+    if word not in ("deny", "allow"):
+        raise _Invalid(f"{text!r} is not 'deny' or 'allow'")
+    return word
+
+
 @dataclass(frozen=True)
 class _Key:
     parse: Parser
@@ -274,6 +294,8 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "allow_zero_length_clientid": _Key(_boolean),
         "sys_interval": _Key(_integer(0, 86400)),
         "log_level": _Key(_log_level),
+        "max_connect_size": _Key(_integer(64, MAX_PACKET_SIZE)),
+        "max_connections": _Key(_integer(0, 2**31 - 1)),
     },
     "tls": {
         "enabled": _Key(_boolean),
@@ -292,6 +314,11 @@ SCHEMA: dict[str, dict[str, _Key]] = {
     },
     "persistence": {"sync": _Key(_boolean)},
     "authentication": {"enabled": _Key(_boolean)},
+    "acl": {
+        "enabled": _Key(_boolean),
+        "file": _Key(_optional_file, raw=True),
+        "default": _Key(_acl_default),
+    },
     "api": {
         "enabled": _Key(_boolean),
         "host": _Key(_word),
@@ -575,6 +602,8 @@ def load_config(path: str | None, overrides: Mapping[str, Any] | None = None) ->
     try:
         _check_tls(cfg, origin)
         _check_ports(cfg, origin)
+        if cfg.acl.file:
+            _check_readable("[acl] file", cfg.acl.file)
     except ConfigError as e:
         raise ConfigError(f"{label}: {e}" if label else str(e)) from None
     warnings.extend(_default_password_warning(cfg))

@@ -23,14 +23,15 @@ log = logging.getLogger("bwfast.store")
 SCHEMA_VERSION = 1
 DB_NAMES = (
     "meta", "sessions", "subs", "routes", "retained", "queue", "inflight", "auth",
-    "devices", "events", "commands", "wills", "revoked", "clients",
+    "devices", "events", "commands", "wills", "revoked", "clients", "acl",
 )
 # What the broker acknowledges lives here: with [persistence] sync, a batch that
 # touches these is fsynced before its acks go out. Other records (the device
 # registry, history, ownership) are committed with the same batch but without
 # an fsync of their own: a power cut may lose their last moments, never an
 # acknowledged message.
-DURABLE_DBS = frozenset({"sessions", "queue", "inflight", "retained", "auth", "meta", "revoked"})
+DURABLE_DBS = frozenset({"sessions", "queue", "inflight", "retained", "auth", "meta", "revoked",
+                         "acl"})
 # Records nothing waits for: what the REST API lists (seen within a second).
 # A batch of only these is committed lazily and holds back no acknowledgement
 # (see `urgent`). `clients` is not one of them: a CONNECT for the same client id

@@ -48,7 +48,8 @@ def parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--workers", type=int, default=2, help="bwfast workers (default 2)")
     cmp_.add_argument("--rounds", type=int, help="A B rounds (default 3, --quick 1)")
     cmp_.add_argument("--quick", action="store_true", help="~2 minute smoke run")
-    cmp_.add_argument("--brokers", default="bwfast,mosquitto", help="which brokers to run")
+    cmp_.add_argument("--brokers", default="bwfast,mosquitto",
+                      help="which brokers to run: bwfast, bwfast-acl (ACL on, 1,000 rules), mosquitto")
     cmp_.add_argument("--no-ceiling", action="store_true", help="skip the null-sink ceiling")
     cmp_.add_argument("--json", metavar="FILE", help="result file (default perf/results/<time>.json)")
     _case_flags(cmp_)

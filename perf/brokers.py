@@ -113,11 +113,31 @@ class Broker:
             pass
 
 
-def bwfast(workdir: Path, workers: int) -> Broker:
-    """bwfast from this checkout, REST API off, queues big enough for the backlog scenario."""
+ACL_RULES = 1000  # rules in the acl_file of the "bwfast-acl" broker
+
+
+def acl_file(path: Path, rules: int = ACL_RULES) -> None:
+    """An acl_file of ``rules`` lines that the harness's anonymous clients all walk
+    (deny lines, grants on other trees, %c patterns) before the last line grants
+    what they use: the ACL's cost with a realistic rule count, nothing refused."""
+    n = max(rules - 1, 3) // 3
+    lines = [f"topic deny secret/{i}/#" for i in range(n)]
+    lines += [f"topic read feeds/{i}/+" for i in range(n)]
+    lines += [f"pattern readwrite devices/%c/{i}" for i in range(max(rules - 1 - 2 * n, 1))]
+    lines.append("topic readwrite b/#")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def bwfast(workdir: Path, workers: int, acl_rules: int = 0, name: str = "bwfast") -> Broker:
+    """bwfast from this checkout, REST API off, queues big enough for the backlog scenario;
+    with ``acl_rules``, access control on with an acl_file of that many rules."""
     port = free_port()
     data = workdir / "bwfast-data"
     conf = workdir / "bwfast.conf"
+    acl = ""
+    if acl_rules:
+        acl_file(workdir / "acl_file", acl_rules)
+        acl = f"\n[acl]\nenabled = true\nfile = {workdir / 'acl_file'}\n"
     conf.write_text(
         "[broker]\n"
         f"host = {HOST}\n"
@@ -126,11 +146,11 @@ def bwfast(workdir: Path, workers: int) -> Broker:
         f"data_dir = {data}\n"
         "max_inflight = 20\n"
         f"max_queued_messages = {QUEUE}\n"
-        "\n[api]\nenabled = false\n")
+        "\n[api]\nenabled = false\n" + acl)
     argv = [sys.executable, "-m", "bwfast", "--config", str(conf), "--port", str(port),
             "--workers", str(workers), "--data-dir", str(data)]
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    return Broker("bwfast", port, workdir, argv, {"PYTHONPATH": path})
+    return Broker(name, port, workdir, argv, {"PYTHONPATH": path})
 
 
 def mosquitto(workdir: Path) -> Broker | None:

@@ -195,14 +195,16 @@ def _case(spec: str, quick: bool, over: dict) -> scenarios.Case:
 def _start(args: argparse.Namespace, tmp: Path, notes: list[str]) -> dict[str, Broker]:
     wanted = [b.strip() for b in args.brokers.split(",") if b.strip()]
     running: dict[str, Broker] = {}
-    if "bwfast" in wanted:
-        (tmp / "bwfast").mkdir()
-        broker = brokers_mod.bwfast(tmp / "bwfast", args.workers)
+    for name, rules in (("bwfast", 0), ("bwfast-acl", brokers_mod.ACL_RULES)):
+        if name not in wanted:
+            continue
+        (tmp / name).mkdir()
+        broker = brokers_mod.bwfast(tmp / name, args.workers, rules, name)
         err = broker.start(settle=1.0)
         if err:
-            _note(notes, f"bwfast did not start ({err}); continuing without it.")
+            _note(notes, f"{name} did not start ({err}); continuing without it.")
         else:
-            running["bwfast"] = broker
+            running[name] = broker
     if "mosquitto" in wanted:
         (tmp / "mosquitto").mkdir()
         mosq = brokers_mod.mosquitto(tmp / "mosquitto")

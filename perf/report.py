@@ -66,7 +66,9 @@ def ceiling_table(ceiling: list[dict]) -> str:
 def comparison_table(data: dict) -> str:
     brokers: list[str] = data["brokers"]
     both = "bwfast" in brokers and "mosquitto" in brokers
-    headers = ["scenario", "metric", *brokers] + (["bwfast/mosquitto"] if both else [])
+    acl = "bwfast" in brokers and "bwfast-acl" in brokers  # the ACL's cost
+    headers = (["scenario", "metric", *brokers] + (["bwfast/mosquitto"] if both else [])
+               + (["bwfast-acl/bwfast"] if acl else []))
     rows = []
     for case in data["cases"]:
         med = data["medians"].get(case["label"], {})
@@ -79,10 +81,11 @@ def comparison_table(data: dict) -> str:
                 continue
             cells = [fmt(v) if v is not None else _err(med.get(b, {})) for v, b in
                      zip(values, brokers, strict=True)]
-            if both:
-                a, m = med.get("bwfast", {}).get(key), med.get("mosquitto", {}).get(key)
-                ratio = f"{a / m:.2f}×" if a is not None and m else "—"
-                cells.append(ratio)
+            pairs = ([("bwfast", "mosquitto")] if both else []) + (
+                [("bwfast-acl", "bwfast")] if acl else [])
+            for x, y in pairs:
+                a, m = med.get(x, {}).get(key), med.get(y, {}).get(key)
+                cells.append(f"{a / m:.2f}×" if a is not None and m else "—")
             rows.append([case["label"], label + (" ↑" if higher else " ↓"), *cells])
     return table(headers, rows)
 

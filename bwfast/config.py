@@ -46,6 +46,7 @@ import configparser
 import dataclasses
 import os
 import re
+import socket
 import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -158,6 +159,32 @@ class APIConfig:
     token_ttl: int = 3600
 
 
+def _host_name() -> str:
+    """The host name as a subject token (dots and the like become '-')."""
+    name = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:64]
+    return name or "node"
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """``[cluster]``: nodes joined into one broker through NATS (bwfast/nodes.py)."""
+
+    enabled: bool = False
+    node: str = ""  # unique name among the nodes; "" = the host name (see node_name)
+    nats: str = "nats://127.0.0.1:4222"  # comma-separated server URLs
+    user: str = ""
+    password: str = ""
+    credentials: str = ""  # a NATS .creds file (JWT + nkey); absolute, or ""
+    tls_cafile: str = ""
+    tls_certfile: str = ""
+    tls_keyfile: str = ""
+    lease: int = 10  # seconds without a word from a node before its routes are dropped
+
+    @property
+    def node_name(self) -> str:
+        return self.node or _host_name()
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole configuration. ``warnings`` are non-fatal lines to log."""
@@ -169,6 +196,7 @@ class Config:
     authentication: AuthConfig = field(default_factory=AuthConfig)
     acl: AclConfig = field(default_factory=AclConfig)
     api: APIConfig = field(default_factory=APIConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     source: str | None = None  # absolute path of the file read, if any
     warnings: list[str] = field(default_factory=list, hash=False)
 
@@ -181,6 +209,7 @@ _SECTION_CLASSES: dict[str, type] = {
     "authentication": AuthConfig,
     "acl": AclConfig,
     "api": APIConfig,
+    "cluster": ClusterConfig,
 }
 
 
@@ -249,6 +278,10 @@ def _secret(text: str) -> str:
     return text
 
 
+def _optional_secret(text: str) -> str:
+    return text
+
+
 def _ws_path(text: str) -> str:
     text = _word(text)
     if not text.startswith("/"):
@@ -264,6 +297,24 @@ def _directory(text: str) -> str:
 
 def _optional_file(text: str) -> str:
     return os.path.abspath(os.path.expanduser(text)) if text else ""
+
+
+_NODE_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _node_name(text: str) -> str:
+    """One NATS subject token: letters, digits, '-' and '_' ("" = the host name)."""
+    if text and not _NODE_RE.fullmatch(text):
+        raise _Invalid(f"{text!r} must be 1-64 letters, digits, '-' or '_'")
+    return text
+
+
+def _nats_urls(text: str) -> str:
+    urls = [u.strip() for u in text.split(",")]
+    for url in urls:
+        if not re.fullmatch(r"(nats|tls|ws|wss)://[^\s/,]+", url):
+            raise _Invalid(f"{url!r} is not a nats://host:port URL")
+    return ",".join(urls)
 
 
 def _acl_default(text: str) -> str:
@@ -326,6 +377,18 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "username": _Key(_secret, raw=True),
         "password": _Key(_secret, raw=True),
         "token_ttl": _Key(_integer(1, 31_536_000)),
+    },
+    "cluster": {
+        "enabled": _Key(_boolean),
+        "node": _Key(_node_name),
+        "nats": _Key(_nats_urls),
+        "user": _Key(_optional_secret, raw=True),
+        "password": _Key(_optional_secret, raw=True),
+        "credentials": _Key(_optional_file, raw=True),
+        "tls_cafile": _Key(_optional_file, raw=True),
+        "tls_certfile": _Key(_optional_file, raw=True),
+        "tls_keyfile": _Key(_optional_file, raw=True),
+        "lease": _Key(_integer(2, 3600)),
     },
 }
 
@@ -566,6 +629,19 @@ def _check_ports(cfg: Config, origin: Callable[[str, str], str]) -> None:
                 raise ConfigError(f"{first} and {second} are both {port}")
 
 
+def _check_cluster(cfg: Config) -> None:
+    cl = cfg.cluster
+    if bool(cl.user) != bool(cl.password):
+        raise ConfigError("[cluster] password: [cluster] user and password go together")
+    if cl.credentials and cl.user:
+        raise ConfigError("[cluster] credentials: use either credentials or user/password")
+    if bool(cl.tls_certfile) != bool(cl.tls_keyfile):
+        raise ConfigError("[cluster] tls_keyfile: tls_certfile and tls_keyfile go together")
+    for key in ("credentials", "tls_cafile", "tls_certfile", "tls_keyfile"):
+        if getattr(cl, key):
+            _check_readable(f"[cluster] {key}", getattr(cl, key))
+
+
 def _default_password_warning(cfg: Config) -> list[str]:
     if cfg.api.enabled and cfg.api.password == APIConfig.password:
         return ["[api] password is still the default: change it before "
@@ -604,6 +680,7 @@ def load_config(path: str | None, overrides: Mapping[str, Any] | None = None) ->
         _check_ports(cfg, origin)
         if cfg.acl.file:
             _check_readable("[acl] file", cfg.acl.file)
+        _check_cluster(cfg)
     except ConfigError as e:
         raise ConfigError(f"{label}: {e}" if label else str(e)) from None
     warnings.extend(_default_password_warning(cfg))
@@ -659,4 +736,6 @@ def to_dict(cfg: Config) -> dict[str, Any]:
     """A plain dict for logging and debugging, the API password masked."""
     out = dataclasses.asdict(cfg)
     out["api"]["password"] = MASK
+    if out["cluster"]["password"]:
+        out["cluster"]["password"] = MASK
     return out

@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 
 # How shared groups are treated while delivering locally.
 SHARED_PICK, SHARED_COLLECT, SHARED_SKIP = 0, 1, 2
-MAX_PLANS = 100_000  # fast-lane plans kept (topic bytes -> Plan); past that they start over
+MAX_PLANS = 100_000
+REMOTE_PEERS = 1 << 20  # peer ids from here on are other nodes (nodes.REMOTE_BASE)  # fast-lane plans kept (topic bytes -> Plan); past that they start over
 
 
 class SharedGroup:
@@ -122,8 +123,8 @@ class Router:
             for subs in self.peer_cache.match(topic):
                 for key, value in subs.items():
                     peer = int(key[2] if type(key) is tuple else key)
-                    if peer in self.orphans:
-                        return plan
+                    if peer in self.orphans or peer >= REMOTE_PEERS:
+                        return plan  # other nodes (bwfast/nodes.py): the general path
                     if type(key) is tuple:  # ("$share", name, peer) -> (name, filter)
                         plan.group(tuple(value)).peers.append(peer)
                     else:

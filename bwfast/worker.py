@@ -25,6 +25,7 @@ from bwfast.handlers import table
 from bwfast.history import FLUSH_INTERVAL, History
 from bwfast.listeners import start_listeners
 from bwfast.message import Message
+from bwfast.nodes import REMOTE_BASE, NodeLink
 from bwfast.protocol import Connection
 from bwfast.registry import SessionRegistry
 from bwfast.retain import RetainStore
@@ -47,6 +48,7 @@ class AckTarget(Protocol):
     def disconnect(self, reason_code: int, reason: str = "") -> None: ...
 
 
+SEQ_MASK = (1 << 64) - 1  # Worker.ack: peer workers' part of a seq
 CONNECT_TIMEOUT = 10.0  # seconds a socket may stay open without a CONNECT
 SCAN_INTERVAL = 0.25    # keepalive / clock granularity
 COMMIT_GAP = 0.001      # seconds between two LMDB commits at most (see _tick)
@@ -87,6 +89,8 @@ class Worker:
         self.stopped = asyncio.Event()
         self.lane = Lane(self, nworkers, cfg.broker.max_packet_size)
         self.lane.slow_forwarded = self._slow_forwarded
+        # [cluster]: other nodes through NATS (bwfast/nodes.py); None on a lone node.
+        self.nodes: NodeLink | None = NodeLink(self) if cfg.cluster.enabled else None
 
     # -- start / stop -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -104,6 +108,8 @@ class Worker:
             # possibly after we loaded them: take what we missed.
             for session in list(self.sessions.sessions.values()):
                 self.sessions.rescan_later(session)
+        if self.nodes is not None:
+            await self.nodes.start()
         if self.sessions.publish_orphan_wills():
             self.schedule_tick()
         self.servers.append(await start_control(self, os.path.join(self.cfg.broker.data_dir, "run")))
@@ -149,6 +155,8 @@ class Worker:
         self.store.close()
         if self.cluster is not None:
             self.cluster.close()
+        if self.nodes is not None:
+            await self.nodes.close()
         await asyncio.sleep(0.05)
         for conn in list(self.conns):
             if conn.transport is not None:
@@ -196,6 +204,8 @@ class Worker:
                 conn.flush()
         if self.cluster is not None:
             self.cluster.bus.flush()
+        if self.nodes is not None:
+            self.nodes.flush()
 
     def _commit_due(self) -> None:
         self._commit_timer = None
@@ -215,7 +225,11 @@ class Worker:
             entry[1] += 1
             self.store.after_commit(lambda: self.release(conn, entry))
             self.schedule_tick()
-        if seq and self.cluster is not None and self.cluster.attach(seq, conn, entry):
+        # seq: peer workers' seq in the low 64 bits, other nodes' above (see publish).
+        lseq, rseq = seq & SEQ_MASK, seq >> 64
+        if lseq and self.cluster is not None and self.cluster.attach(lseq, conn, entry):
+            entry[1] += 1
+        if rseq and self.nodes is not None and self.nodes.attach(rseq, conn, entry):
             entry[1] += 1
         acks = conn.acks
         if entry[1] == 0 and not acks:
@@ -239,12 +253,18 @@ class Worker:
 
     # -- subscriptions and routes ---------------------------------------------------------------------
     def subscribe(self, session: Any, filt: str, opts: Any) -> None:
-        if self.router.subscribe(session, filt, opts) and self.cluster is not None:
-            self._new_routes.append(filt)
+        if self.router.subscribe(session, filt, opts):
+            if self.cluster is not None:
+                self._new_routes.append(filt)
+            if self.nodes is not None:
+                self.nodes.route_added(filt)
 
     def unsubscribe(self, session: Any, filt: str) -> None:
-        if self.router.unsubscribe(session, filt) and self.cluster is not None:
-            self._gone_routes.append(filt)
+        if self.router.unsubscribe(session, filt):
+            if self.cluster is not None:
+                self._gone_routes.append(filt)
+            if self.nodes is not None:
+                self.nodes.route_removed(filt)
 
     def announce_routes(self) -> int:
         """Tell peers about route changes; return the seq a SUBACK must wait on (0: none)."""
@@ -270,9 +290,16 @@ class Worker:
         n, forwards = self.router.publish(msg)
         seq = 0
         if forwards:
-            assert self.cluster is not None
-            seq = self.cluster.forward(msg, forwards, confirm)
-            n += len(forwards)
+            rseq = 0
+            if self.nodes is not None:  # other nodes first: it takes them out of forwards
+                before = len(forwards)
+                rseq = self.nodes.forward(msg, forwards, confirm)
+                n += before - len(forwards)
+            if forwards:
+                assert self.cluster is not None
+                seq = self.cluster.forward(msg, forwards, confirm)
+                n += len(forwards)
+            seq |= rseq << 64
         if msg.retain:
             self.retained.set(msg)
             if self.cluster is not None:
@@ -343,6 +370,8 @@ class Worker:
         self.wall = time.time()
         if self.cluster is not None:
             self.cluster.sweep()
+        if self.nodes is not None:
+            self.nodes.sweep()
         for conn in list(self.conns):
             if conn.closing:
                 continue
@@ -395,6 +424,10 @@ class Worker:
     def publish_local(self, msg: Message) -> None:
         """A broker-made message ($SYS): routed everywhere, retained in memory only."""
         n, forwards = self.router.publish(msg)
+        if forwards and self.nodes is not None:
+            # Each node makes its own $SYS: drop the other nodes' routes.
+            for peer in [p for p in forwards if p >= REMOTE_BASE]:
+                del forwards[peer]
         if forwards and self.cluster is not None:
             self.cluster.forward(msg, forwards, False)
         self.retained.set(msg, persist=False)

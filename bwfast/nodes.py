@@ -56,6 +56,7 @@ log = logging.getLogger("bwfast.nodes")
 
 REMOTE_BASE = 1 << 20  # router peer ids of remote nodes start here (workers are below)
 ROUTES = "bwfast.routes"
+ROUTE_TIMEOUT = 2.0    # seconds a SUBACK waits for other nodes at most
 RETRY = 1.0            # seconds between connection attempts until the first one works
 
 
@@ -106,7 +107,8 @@ class NodeLink:
         self.outq: list[tuple[str, bytes]] = []
         self.wake = asyncio.Event()
         self._seq = 0
-        self.waiters: dict[int, list[Any]] = {}  # seq -> [node ids, conn, entry, deadline]
+        # seq -> [node ids or (node, worker)s to answer, conn, entry, deadline, is routes]
+        self.waiters: dict[int, list[Any]] = {}
         self.ackers: dict[tuple[str, int], _RemoteAcker] = {}
         self._rr: dict[tuple[str, str], int] = {}
         self._last_hb = 0.0
@@ -225,18 +227,33 @@ class NodeLink:
             self.worker.schedule_tick()
         items.append(item)
 
-    def _announce(self, kind: str, filters: list[Any]) -> None:
+    def _announce(self, kind: str, filters: list[Any], seq: int = 0) -> None:
         self.outq.append((ROUTES, self._pack(
-            [self.node, self.index, self.nworkers, kind, self.gen, filters])))
+            [self.node, self.index, self.nworkers, kind, self.gen, filters, seq])))
         self.wake.set()
+
+    def announce(self) -> int:
+        """Send our route changes; return a seq a SUBACK waits on (0: none): every
+        worker of every node we hear from answers once its trie has the new rows,
+        so a message published anywhere after the SUBACK reaches the subscriber."""
+        if not self.changes:
+            return 0
+        seq = 0
+        for kind, filters in _coalesce(self.changes):
+            self.gen += 1
+            if kind == "+" and self.connected and self.heard:
+                seq = self.next_seq()
+                self.waiters[seq] = [set(self.heard), None, None,
+                                     time.monotonic() + ROUTE_TIMEOUT, True]
+                self._announce(kind, filters, seq)
+            else:
+                self._announce(kind, filters)
+        self.changes.clear()
+        return seq
 
     def flush(self) -> None:
         """Once per loop iteration (Worker._tick): route changes, then one frame per target."""
-        if self.changes:
-            for kind, filters in _coalesce(self.changes):
-                self.gen += 1
-                self._announce(kind, filters)
-            self.changes.clear()
+        self.announce()
         if self.items:
             pack = self._pack
             for (node, worker), items in self.items.items():
@@ -272,7 +289,7 @@ class NodeLink:
     # -- routes in ---------------------------------------------------------------------------------
     async def _on_routes(self, m: Any) -> None:
         try:
-            node, w, nworkers, kind, gen, filters = msgpack.unpackb(m.data, raw=False)
+            node, w, nworkers, kind, gen, filters, seq = msgpack.unpackb(m.data, raw=False)
         except Exception:  # noqa: BLE001 - a stranger on our subject
             return
         if node == self.node:
@@ -294,6 +311,8 @@ class NodeLink:
             if kind == "+":
                 for filt in filters:
                     self._add(key, filt)
+                if seq:
+                    self.queue(node, w, ["ra", seq])
             else:
                 for filt in filters:
                     self._remove(key, filt)
@@ -365,7 +384,7 @@ class NodeLink:
         self.worker.stats.forwarded += len(remote)
         if confirm:
             self.waiters[seq] = [set(remote), None, None,
-                                 time.monotonic() + self.cfg.lease]
+                                 time.monotonic() + self.cfg.lease, False]
         return seq
 
     def attach(self, seq: int, conn: AckTarget, entry: list) -> bool:
@@ -376,7 +395,7 @@ class NodeLink:
         w[2] = entry
         return True
 
-    def _answered(self, seq: int, pid: int) -> None:
+    def _answered(self, seq: int, pid: Any) -> None:
         w = self.waiters.get(seq)
         if w is None:
             return
@@ -400,6 +419,8 @@ class NodeLink:
                     self._deliver(node, w, item[1], item[2], item[3], item[4])
                 elif item[0] == "d":
                     self._answered(item[1], pid)
+                elif item[0] == "ra":
+                    self._answered(item[1], (node, w))
             except Exception:  # noqa: BLE001 - one bad item must not lose the others
                 log.exception("cluster: item from %s failed", node)
         self.worker.schedule_tick()
@@ -465,6 +486,10 @@ class NodeLink:
         for seq, w in list(self.waiters.items()):
             if now > w[3]:
                 del self.waiters[seq]
+                if w[4]:  # a route announcement: the lease deals with who never answered
+                    if w[1] is not None:
+                        self.worker.release(w[1], w[2])
+                    continue
                 names = [self.names.get(p) for p in w[0]]
                 log.warning("cluster: nodes %s did not confirm a message; disconnecting "
                             "the publisher", names)
@@ -483,6 +508,8 @@ class NodeLink:
             self._remove(key, filt)
         self.rows.pop(key, None)
         self.ackers.pop(key, None)
+        for seq in [s for s, w in self.waiters.items() if key in w[0]]:
+            self._answered(seq, key)
         pid = self.ids.get(node)
         if pid is not None and not any(n == node for n, _ in self.heard):
             for seq in [s for s, w in self.waiters.items() if pid in w[0]]:

@@ -276,6 +276,8 @@ class Worker:
             if self._new_routes:
                 new, self._new_routes = self._new_routes, []
                 seq = self.cluster.routes_added([f for f in new if f in self.router.local_routes])
+        if self.nodes is not None:
+            seq |= self.nodes.announce() << 64
         return seq
 
     # -- messages ---------------------------------------------------------------------------

@@ -1,0 +1,162 @@
+"""Three bwfast nodes joined through a real nats-server act as one broker (issue 15).
+
+Nodes a, b and c each have their own data dir, ports and LMDB; they share
+nothing but the NATS server (JetStream on, its own store dir).
+"""
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import Broker
+from mqtt_helpers import V5, V311, PahoClient
+from nats_support import NatsServer, node, wait_for
+
+_ids = itertools.count()
+
+
+class Nodes:
+    def __init__(self, root: Path, workers: int) -> None:
+        self.nats = NatsServer(root).start()
+        self.a, self.b, self.c = (node(root, n, self.nats.url, workers) for n in "abc")
+        self.all = [self.a, self.b, self.c]
+        for b in self.all:
+            b.start()
+        self.clients: list[PahoClient] = []
+
+    def client(self, broker: Broker, *, cid: str | None = None, clean: bool = True,
+               protocol: int = V311, connect: bool = True) -> PahoClient:
+        c = PahoClient(broker.host, broker.port, cid or f"nc-{next(_ids)}", clean=clean,
+                       protocol=protocol)
+        self.clients.append(c)
+        if connect:
+            _, rc, _ = c.connect()
+            assert rc == 0
+        return c
+
+    def close_clients(self) -> None:
+        for c in self.clients:
+            c.close()
+        self.clients.clear()
+
+    def stop(self) -> None:
+        self.close_clients()
+        for b in self.all:
+            b.kill9() if not b.alive() else b.stop()
+        self.nats.stop()
+
+
+@pytest.fixture(scope="module")
+def nodes(workers: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nodes]:
+    n = Nodes(tmp_path_factory.mktemp("nats"), workers)
+    wait_for(lambda: _joined(n), what="three nodes joined")
+    yield n
+    n.stop()
+
+
+@pytest.fixture
+def cl(nodes: Nodes, request: pytest.FixtureRequest) -> Iterator[Nodes]:
+    yield nodes
+    nodes.close_clients()
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed:
+        for b in nodes.all:
+            print(f"\n--- {b.root}:\n{b.log_tail(40)}")
+
+
+def _joined(n: Nodes) -> bool:
+    return all("joined through NATS" in b.log_path.read_text() for b in n.all)
+
+
+def topic(tag: str) -> str:
+    return f"nc/{tag}/{next(_ids)}"
+
+
+@pytest.mark.parametrize("version", [V311, V5], ids=["v311", "v5"])
+def test_publish_reaches_subscribers_on_every_node_in_order(cl: Nodes, version: int) -> None:
+    """QoS 0/1/2 from node a reach subscribers on b and c, in the order sent (one
+    publisher, one topic); SUBACK already has the route on every node."""
+    t = topic("order")
+    subs = [cl.client(b, protocol=version) for b in (cl.b, cl.c)]
+    for s in subs:
+        s.subscribe(t, 2)
+    pub = cl.client(cl.a, protocol=version)
+    sent = [(f"m{i}".encode(), i % 3) for i in range(30)]
+    for payload, qos in sent:
+        pub.publish(t, payload, qos)
+    for s in subs:
+        got = s.get_n(len(sent))
+        assert [(m.payload, m.qos) for m in got] == sent
+
+
+def test_publish_crosses_once_per_node_not_per_subscriber(cl: Nodes) -> None:
+    """Five subscribers on node b: each message travels through NATS once."""
+    t = topic("once")
+    subs = [cl.client(cl.b) for _ in range(5)]
+    for s in subs:
+        s.subscribe(t, 1)
+    pub = cl.client(cl.a)
+    payload = b"x" * 4000
+    n = 20
+    before = cl.nats.varz()["in_bytes"]
+    for _ in range(n):
+        pub.publish(t, payload, 1)
+    for s in subs:
+        assert len(s.get_n(n)) == n
+    crossed = cl.nats.varz()["in_bytes"] - before
+    assert n * len(payload) <= crossed < 2 * n * len(payload), crossed
+
+
+def test_shared_subscription_balances_over_members_on_every_node(cl: Nodes) -> None:
+    """$share/g/t with members on a, b and c: each message to exactly one member,
+    and every member (whatever its node) gets some."""
+    t = topic("shared")
+    members = [cl.client(b) for b in (cl.a, cl.b, cl.b, cl.c)]
+    for m in members:
+        m.subscribe(f"$share/g/{t}", 1)
+    pub = cl.client(cl.a)
+    n = 60
+    for i in range(n):
+        pub.publish(t, str(i).encode(), 1)
+    got: list[bytes] = []
+    counts = []
+    deadline = time.monotonic() + 10
+    while len(got) < n and time.monotonic() < deadline:
+        time.sleep(0.1)
+        counts = [m.messages.qsize() for m in members]
+        if sum(counts) >= n:
+            break
+    for m in members:
+        while not m.messages.empty():
+            got.append(m.messages.get().payload)
+    assert sorted(got) == sorted(str(i).encode() for i in range(n))
+    assert all(c > 0 for c in counts), counts
+
+
+def test_unsubscribe_on_one_node_stops_crossing(cl: Nodes) -> None:
+    t = topic("unsub")
+    sub = cl.client(cl.b)
+    sub.subscribe(t, 1)
+    pub = cl.client(cl.a)
+    pub.publish(t, b"1", 1)
+    assert sub.get().payload == b"1"
+    sub.unsubscribe(t)
+    before = cl.nats.varz()["in_bytes"]
+    big = b"y" * 20000
+    for _ in range(5):
+        pub.publish(t, big, 1)
+    assert cl.nats.varz()["in_bytes"] - before < len(big)  # nobody on b or c matches now
+
+
+def test_will_published_on_another_node(cl: Nodes) -> None:
+    t = topic("will")
+    sub = cl.client(cl.c)
+    sub.subscribe(t, 1)
+    dying = cl.client(cl.a, connect=False)
+    dying.will(t, b"gone", 1)
+    dying.connect()
+    dying.client.socket().close()  # no DISCONNECT: the will goes out
+    assert sub.get().payload == b"gone"

@@ -48,6 +48,7 @@ import msgpack
 
 from bwfast.codes import UNSPECIFIED_ERROR
 from bwfast.message import Message
+from bwfast.nodekv import NodeKV
 
 if TYPE_CHECKING:
     from bwfast.worker import AckTarget, Worker
@@ -114,7 +115,7 @@ class NodeLink:
         self._last_hb = 0.0
         self._pack = msgpack.Packer(use_bin_type=True).pack
         self.tasks: list[asyncio.Task] = []
-        self.on_connect: list[Any] = []  # coroutines run on every (re)connection (kv.py)
+        self.kv = NodeKV(self)
 
     # -- connection ------------------------------------------------------------------------------
     async def start(self, wait: float = 3.0) -> None:
@@ -183,11 +184,10 @@ class NodeLink:
             self.heard[key] = now
         self._announce("snap", list(self.worker.router.local_routes))
         self._announce("req", [])
-        for hook in self.on_connect:
-            try:
-                await hook()
-            except Exception:  # noqa: BLE001 - one feature failing must not stop the link
-                log.exception("cluster: start-up step failed")
+        try:
+            await self.kv.joined()
+        except Exception as e:  # noqa: BLE001 - no JetStream: routing works, the buckets don't
+            log.warning("cluster: JetStream buckets unavailable (%s)", e)
         self.worker.schedule_tick()
 
     async def _on_error(self, e: Exception) -> None:

@@ -306,6 +306,8 @@ class Worker:
             self.retained.set(msg)
             if self.cluster is not None:
                 self.cluster.retained_changed(msg)
+            if self.nodes is not None:
+                self.nodes.kv.retained_changed(msg)
         return n, seq
 
     def _slow_forwarded(self, cid: str, mid: int, topic: str, payload: bytes, normal: bool,
@@ -322,7 +324,12 @@ class Worker:
 
     def claim(self, cid: str, clean: bool, proceed: Callable[[], None]) -> None:
         """Make sure no other worker holds cid's session, then proceed with the CONNECT."""
-        if self.cluster is None:
+        if self.nodes is not None and self.nodes.connected:
+            cluster = self.cluster
+            # First from another node (nodekv.py), then from our peer workers.
+            self.nodes.kv.claim(cid, clean, proceed if cluster is None
+                                else lambda: cluster.claim(cid, clean, proceed))
+        elif self.cluster is None:
             proceed()
         else:
             self.cluster.claim(cid, clean, proceed)

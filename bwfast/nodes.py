@@ -92,6 +92,7 @@ class NodeLink:
         self.nc: Any = None
         self.connected = False
         self.closed = False
+        self.warned = False
         # The merge table: (node, worker) -> its filters; (node, filter) -> workers having it.
         self.rows: dict[tuple[str, int], set[str]] = {}
         self.gens: dict[tuple[str, int], int] = {}
@@ -127,7 +128,13 @@ class NodeLink:
         try:
             await asyncio.wait_for(asyncio.shield(first), wait)
         except TimeoutError:
-            pass
+            self._cannot_reach("no answer")
+
+    def _cannot_reach(self, why: str) -> None:
+        if not self.warned and self.index == 0:
+            log.warning("cluster: node %s cannot reach NATS at %s (%s); serving local "
+                        "clients, joining when NATS is back", self.node, self.cfg.nats, why)
+        self.warned = True
 
     def _options(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -152,16 +159,13 @@ class NodeLink:
     async def _connect_loop(self, first: asyncio.Future) -> None:
         import nats  # imported here: a broker without [cluster] never loads it
 
-        warned = False
         while not self.closed:
             try:
+                # nats-py keeps trying until it gets through (max_reconnect_attempts=-1);
+                # start() says so when that takes long.
                 nc = await nats.connect(**self._options())
-            except Exception as e:  # noqa: BLE001 - unreachable, refused, bad credentials...
-                if not warned and self.index == 0:
-                    log.warning("cluster: node %s cannot reach NATS at %s (%s); serving "
-                                "local clients, joining when NATS is back",
-                                self.node, self.cfg.nats, type(e).__name__)
-                warned = True
+            except Exception as e:  # noqa: BLE001 - a bad URL, TLS files...
+                self._cannot_reach(type(e).__name__)
                 if not first.done():
                     first.set_result(False)
                 await asyncio.sleep(RETRY)
@@ -169,7 +173,7 @@ class NodeLink:
             self.nc = nc
             await nc.subscribe(ROUTES, cb=self._on_routes)
             await nc.subscribe(inbox(self.node, self.index), cb=self._on_inbox)
-            await self._joined()
+            await asyncio.wait({await self._joined()}, timeout=3.0)
             if self.index == 0:
                 log.info("cluster: node %s joined through NATS at %s", self.node,
                          nc.connected_url.netloc if nc.connected_url else self.cfg.nats)
@@ -177,18 +181,30 @@ class NodeLink:
                 first.set_result(True)
             return
 
-    async def _joined(self) -> None:
+    async def _joined(self) -> asyncio.Task:
         self.connected = True
         now = time.monotonic()
         for key in self.heard:  # we heard nobody while away: their lease starts again
             self.heard[key] = now
         self._announce("snap", list(self.worker.router.local_routes))
         self._announce("req", [])
-        try:
-            await self.kv.joined()
-        except Exception as e:  # noqa: BLE001 - no JetStream: routing works, the buckets don't
-            log.warning("cluster: JetStream buckets unavailable (%s)", e)
         self.worker.schedule_tick()
+        return asyncio.get_running_loop().create_task(self._kv_joined())
+
+    async def _kv_joined(self) -> None:
+        """The buckets; JetStream may not be ready yet (a NATS cluster electing its
+        leader): routing works meanwhile, and we try again every second."""
+        warned = False
+        while self.connected and not self.closed:
+            try:
+                await self.kv.joined()
+                return
+            except Exception as e:  # noqa: BLE001 - JetStream not (yet) available
+                if not warned and self.index == 0:
+                    log.warning("cluster: JetStream buckets unavailable (%s); retrying",
+                                type(e).__name__)
+                warned = True
+                await asyncio.sleep(RETRY)
 
     async def _on_error(self, e: Exception) -> None:
         log.debug("cluster: NATS error %s", e)

@@ -1,0 +1,233 @@
+"""Nodes joined through NATS when things break: NATS missing at start, a node
+SIGKILLed under traffic, the NATS server restarted under traffic, and a
+3-server NATS cluster losing a server. What each loses is what README.md
+("Cluster: what a failure costs") says.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nats
+import paho.mqtt.client as mqtt
+import pytest
+from conftest import Broker
+from mqtt_helpers import V311, PahoClient
+from nats_support import LEASE, NatsServer, cluster_of, node, wait_for
+
+_ids = itertools.count()
+
+
+@pytest.fixture
+def made(request: pytest.FixtureRequest) -> Iterator[list[Any]]:
+    """Everything a test starts, stopped afterwards (logs shown on failure)."""
+    things: list[Any] = []
+    yield things
+    rep = getattr(request.node, "rep_call", None)
+    for t in reversed(things):
+        if isinstance(t, PahoClient):
+            t.close()
+        elif isinstance(t, Broker):
+            if rep is not None and rep.failed:
+                print(f"\n--- {t.root}:\n{t.log_tail(40)}")
+            t.kill9() if not t.alive() else t.stop()
+        elif isinstance(t, NatsServer):
+            t.stop()
+
+
+def client(made: list[Any], b: Broker, cid: str | None = None, clean: bool = True) -> PahoClient:
+    c = PahoClient(b.host, b.port, cid or f"nf-{next(_ids)}", clean=clean, protocol=V311)
+    made.append(c)
+    _, rc, _ = c.connect()
+    assert rc == 0
+    return c
+
+
+def joined(b: Broker) -> bool:
+    return "joined through NATS" in b.log_path.read_text()
+
+
+def crosses(pub: PahoClient, sub: PahoClient, t: str) -> bool:
+    """A probe published on one node reaches the subscriber on another."""
+    pub.publish(t, b"probe", 1)
+    try:
+        sub.get(timeout=0.5)
+    except AssertionError:
+        return False
+    while not sub.messages.empty():
+        sub.messages.get()
+    return True
+
+
+def test_node_without_nats_serves_its_clients_and_joins_later(
+        tmp_path: Path, workers: int, made: list[Any]) -> None:
+    ns = NatsServer(tmp_path)  # not started yet
+    made.append(ns)
+    a = node(tmp_path, "a", ns.url, workers).start()
+    b = node(tmp_path, "b", ns.url, workers).start()
+    made += [a, b]
+    for n in (a, b):
+        lines = [ln for ln in n.log_path.read_text().splitlines() if "cannot reach NATS" in ln]
+        assert len(lines) == 1, lines  # said once, in one line
+    sub = client(made, a)
+    sub.subscribe("nf/local", 1)
+    client(made, a).publish("nf/local", b"here", 1)  # a serves its own clients meanwhile
+    assert sub.get().payload == b"here"
+    ns.start()
+    wait_for(lambda: joined(a) and joined(b), what="both nodes joined")
+    far = client(made, b)
+    far.subscribe("nf/far", 1)
+    wait_for(lambda: crosses(client(made, a), far, "nf/far"), what="a route from b to a")
+
+
+def test_node_killed_under_traffic(tmp_path: Path, workers: int, made: list[Any]) -> None:
+    """SIGKILL node c while a publishes QoS 1 to subscribers on b and c: b gets
+    every message in order, the publisher's acks keep coming (c's routes drop
+    after the lease), and c's clients connect to b."""
+    ns = NatsServer(tmp_path).start()
+    made.append(ns)
+    a, b, c = (node(tmp_path, n, ns.url, workers) for n in "abc")
+    for n in (a, b, c):
+        made.append(n.start())
+    wait_for(lambda: all(joined(n) for n in (a, b, c)), what="joined")
+    t = "nf/kill"
+    sub_b = client(made, b)
+    sub_b.subscribe(t, 1)
+    sub_c = client(made, c, cid="on-c", clean=False)
+    sub_c.subscribe(t, 1)
+    pub = client(made, a)
+    n = 150
+    for i in range(n):
+        if i == 50:
+            c.kill9()
+        pub.publish(t, str(i).encode(), 1, timeout=LEASE + 10)
+    assert [m.payload for m in sub_b.get_n(n)] == [str(i).encode() for i in range(n)]
+    wait_for(lambda: "node c worker 0 silent" in a.log_path.read_text(), what="c's lease")
+    again = PahoClient(b.host, b.port, "on-c", clean=False)
+    made.append(again)
+    present, rc, _ = again.connect()  # c is gone with its session (durable_sessions off)
+    assert rc == 0 and not present
+
+
+class Publisher:
+    """A paho client that reconnects by itself and resends what was not acknowledged."""
+
+    def __init__(self, b: Broker, cid: str) -> None:
+        self.acked: set[int] = set()
+        self.lock = threading.Lock()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid,
+                                  clean_session=False)
+        self.client.reconnect_delay_set(0.1, 0.5)
+        self.client.on_publish = self._on_publish
+        self.mids: dict[int, int] = {}
+        self.client.connect(b.host, b.port, keepalive=20)
+        self.client.loop_start()
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, rc: Any, props: Any) -> None:
+        with self.lock:
+            if mid in self.mids:
+                self.acked.add(self.mids[mid])
+
+    def publish(self, topic: str, i: int) -> None:
+        info = self.client.publish(topic, str(i).encode(), 1)
+        with self.lock:
+            self.mids[info.mid] = i
+            if info.is_published():
+                self.acked.add(i)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def test_nats_restart_under_traffic_loses_no_acknowledged_message(
+        tmp_path: Path, workers: int, made: list[Any]) -> None:
+    """The NATS server stops and comes back while a publishes QoS 1 to a subscriber on
+    b: every message a acknowledged reaches b (QoS 1: duplicates allowed); an
+    unconfirmed one is not acknowledged, its publisher is disconnected and resends."""
+    ns = NatsServer(tmp_path).start()
+    made.append(ns)
+    a, b = (node(tmp_path, n, ns.url, workers) for n in "ab")
+    for n in (a, b):
+        made.append(n.start())
+    wait_for(lambda: joined(a) and joined(b), what="joined")
+    t = "nf/restart"
+    sub = client(made, b, cid="restart-sub", clean=False)
+    sub.subscribe(t, 1)
+    pub = Publisher(a, "restart-pub")
+    try:
+        n = 120
+        for i in range(n):
+            if i == 40:
+                ns.stop()
+            if i == 60:
+                ns.start()
+            pub.publish(t, i)
+            time.sleep(0.02)
+        wait_for(lambda: len(pub.acked) == n, timeout=30, what="every message acknowledged")
+    finally:
+        pub.close()
+    got: set[int] = set()
+    deadline = time.monotonic() + 10
+    while not set(range(n)) <= got and time.monotonic() < deadline:
+        try:
+            got.add(int(sub.get(timeout=0.5).payload))
+        except AssertionError:
+            pass
+    assert set(range(n)) - got == set()
+
+
+def test_three_server_nats_cluster_survives_a_server(
+        tmp_path: Path, workers: int, made: list[Any]) -> None:
+    """Nodes on a 3-server NATS cluster: retained messages live in an R3 bucket, so
+    they and cross-node routing outlive the loss of one NATS server."""
+    servers = cluster_of(tmp_path, 3)
+    made += servers
+    urls = [s.url for s in servers]
+    nodes = [node(tmp_path, name, ",".join(urls[i:] + urls[:i]), workers)
+             for i, name in enumerate("abc")]
+    for n in nodes:
+        made.append(n.start())
+    a, b, c = nodes
+    wait_for(lambda: all(joined(n) for n in nodes), timeout=30, what="joined")
+    sub = client(made, c)
+    sub.subscribe("nf/r3", 1)
+    wait_for(lambda: crosses(client(made, a), sub, "nf/r3"), what="a to c")
+    wait_for(lambda: _publish_retained(made, a), timeout=20, what="retained stored")
+    servers[0].stop()
+    wait_for(lambda: crosses(client(made, b), sub, "nf/r3"), timeout=20, what="b to c")
+    for n in nodes:
+        wait_for(lambda n=n: _has_retained(made, n), timeout=20, what="retained everywhere")
+    assert asyncio.run(_replicas(urls[1], "KV_bwfast_retained")) == 3
+    # A new node, with an empty data dir, gets the retained message from the bucket.
+    d = node(tmp_path, "d", ",".join(urls[1:]), workers)
+    made.append(d.start())
+    wait_for(lambda: _has_retained(made, d), timeout=20, what="retained on a new node")
+
+
+async def _replicas(url: str, stream: str) -> int:
+    nc = await nats.connect(url)
+    try:
+        info = await nc.jetstream().stream_info(stream)
+        return int(info.config.num_replicas or 1)
+    finally:
+        await nc.close()
+
+
+def _publish_retained(made: list[Any], b: Broker) -> bool:
+    client(made, b).publish("nf/r3/kept", b"r3", 1, retain=True)
+    return True
+
+
+def _has_retained(made: list[Any], b: Broker) -> bool:
+    c = client(made, b)
+    c.subscribe("nf/r3/kept", 1)
+    try:
+        return c.get(timeout=0.5).payload == b"r3"
+    except AssertionError:
+        return False

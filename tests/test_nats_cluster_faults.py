@@ -199,11 +199,11 @@ def test_three_server_nats_cluster_survives_a_server(
     sub.subscribe("nf/r3", 1)
     wait_for(lambda: crosses(client(made, a), sub, "nf/r3"), what="a to c")
     wait_for(lambda: _publish_retained(made, a), timeout=20, what="retained stored")
+    assert asyncio.run(_replicas(urls[1], "KV_bwfast_retained")) == 3
     servers[0].stop()
     wait_for(lambda: crosses(client(made, b), sub, "nf/r3"), timeout=20, what="b to c")
     for n in nodes:
         wait_for(lambda n=n: _has_retained(made, n), timeout=20, what="retained everywhere")
-    assert asyncio.run(_replicas(urls[1], "KV_bwfast_retained")) == 3
     # A new node, with an empty data dir, gets the retained message from the bucket.
     d = node(tmp_path, "d", ",".join(urls[1:]), workers)
     made.append(d.start())

@@ -58,6 +58,7 @@ log = logging.getLogger("bwfast.nodes")
 REMOTE_BASE = 1 << 20  # router peer ids of remote nodes start here (workers are below)
 ROUTES = "bwfast.routes"
 ROUTE_TIMEOUT = 2.0    # seconds a SUBACK waits for other nodes at most
+SYS = "bwfast.sys"     # [node, figures]: each node's worker 0, every sys_interval
 RETRY = 1.0            # seconds between connection attempts until the first one works
 
 
@@ -117,6 +118,7 @@ class NodeLink:
         self._pack = msgpack.Packer(use_bin_type=True).pack
         self.tasks: list[asyncio.Task] = []
         self.kv = NodeKV(self)
+        self.node_figures: dict[str, tuple[float, list[int]]] = {}
 
     # -- connection ------------------------------------------------------------------------------
     async def start(self, wait: float = 3.0) -> None:
@@ -173,6 +175,8 @@ class NodeLink:
             self.nc = nc
             await nc.subscribe(ROUTES, cb=self._on_routes)
             await nc.subscribe(inbox(self.node, self.index), cb=self._on_inbox)
+            if self.index == 0:
+                await nc.subscribe(SYS, cb=self._on_sys)
             await asyncio.wait({await self._joined()}, timeout=3.0)
             if self.index == 0:
                 log.info("cluster: node %s joined through NATS at %s", self.node,
@@ -487,6 +491,37 @@ class NodeLink:
             if acker is None:
                 acker = self.ackers[(node, w)] = _RemoteAcker(self, node, w)
             worker.ack(acker, seq.to_bytes(8, "big"), None, lseq)
+
+    # -- $SYS (worker 0 of each node) ----------------------------------------------------------------
+    def sys_topics(self, totals: dict[str, int], connected: int, sessions: int,
+                   subs: int) -> dict[str, str]:
+        """Share this node's figures; return `$SYS/broker/nodes/<name>/...` for every
+        node heard within the lease and `$SYS/broker/cluster/...` for their sums."""
+        mine = [connected, sessions, subs, totals.get("msgs_received", 0),
+                totals.get("msgs_sent", 0)]
+        if self.connected:
+            self.outq.append((SYS, self._pack([self.node, mine])))
+            self.wake.set()
+        now = time.monotonic()
+        rows = {self.node: mine}
+        rows.update({n: f for n, (t, f) in self.node_figures.items()
+                     if now - t < self.cfg.lease and n != self.node})
+        names = ("clients/connected", "clients/total", "subscriptions/count",
+                 "messages/received", "messages/sent")
+        topics: dict[str, str] = {"$SYS/broker/cluster/nodes": str(len(rows)),
+                                  "$SYS/broker/cluster/node": self.node}
+        for i, name in enumerate(names):
+            topics[f"$SYS/broker/cluster/{name}"] = str(sum(f[i] for f in rows.values()))
+            for node, f in rows.items():
+                topics[f"$SYS/broker/nodes/{node}/{name}"] = str(f[i])
+        return topics
+
+    async def _on_sys(self, m: Any) -> None:
+        try:
+            node, figures = msgpack.unpackb(m.data, raw=False)
+            self.node_figures[str(node)] = (time.monotonic(), [int(x) for x in figures[:5]])
+        except Exception:  # noqa: BLE001 - a stranger on our subject
+            return
 
     # -- leases and timeouts (Worker._scan) ---------------------------------------------------------
     def sweep(self) -> None:

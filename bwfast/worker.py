@@ -415,6 +415,10 @@ class Worker:
         for name in self.enabled_listeners():
             count = sum(r[4].get(name, 0) for r in rows.values() if len(r) > 4)
             topics[f"$SYS/broker/listeners/{name}/clients/connected"] = str(count)
+        if self.nodes is not None:  # each node's figures under its name, and their sums
+            topics.update(self.nodes.sys_topics(
+                totals, sum(r[1] for r in rows.values()), sum(r[2] for r in rows.values()),
+                sum(r[3] for r in rows.values())))
         for topic, payload in topics.items():
             msg = Message(topic, payload.encode(), 0, True)
             self.publish_local(msg)

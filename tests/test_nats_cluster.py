@@ -221,3 +221,30 @@ def test_persistent_session_moves_to_another_node(cl: Nodes) -> None:
     assert [m.payload for m in again.get_n(5)] == [f"q{i}".encode() for i in range(5)]
     pub.publish(t, b"after", 1)  # its subscription lives on node c now
     assert again.get().payload == b"after"
+
+
+def _sys_value(c: PahoClient, topic_name: str) -> str:
+    """The latest value of a $SYS topic (retained, republished every second)."""
+    c.subscribe(topic_name, 0)
+    value = c.get(timeout=3).payload.decode()
+    c.unsubscribe(topic_name)
+    while not c.messages.empty():
+        c.messages.get()
+    return value
+
+
+def test_sys_has_each_nodes_figures_and_cluster_totals(cl: Nodes) -> None:
+    """$SYS on any node: every node's figures under its name, plus their sums."""
+    on_b = [cl.client(cl.b) for _ in range(3)]
+    watcher = cl.client(cl.a)
+    wait_for(lambda: _sys_value(watcher, "$SYS/broker/cluster/nodes") == "3", what="3 nodes")
+    wait_for(lambda: int(_sys_value(watcher, "$SYS/broker/nodes/b/clients/connected")) >= 3,
+             what="b's clients seen on a")
+
+    def totals_add_up() -> bool:
+        per_node = [int(_sys_value(watcher, f"$SYS/broker/nodes/{n}/clients/connected"))
+                    for n in "abc"]
+        return sum(per_node) == int(_sys_value(watcher, "$SYS/broker/cluster/clients/connected"))
+
+    wait_for(totals_add_up, what="cluster total = sum of the nodes")
+    assert on_b

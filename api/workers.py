@@ -118,7 +118,11 @@ class Workers:
             others.remove(hint)
         answers = await asyncio.gather(*(self.links[k].request("send_client", args)
                                          for k in others))
-        return any(a is not None and a.get("ok") for a in answers)
+        if any(a is not None and a.get("ok") for a in answers):
+            return True
+        # [cluster]: connected to another node? (bwfast/nodeapi.py)
+        answer = await self.links[0].request("nodes_send_client", args)
+        return answer is not None and bool(answer.get("ok"))
 
     async def send_all(self, args: dict[str, Any]) -> dict[str, Any] | None:
         """An ordinary publish on one worker (round robin; the next if one is down):
@@ -136,6 +140,13 @@ class Workers:
         answers = await asyncio.gather(*(link.request("count", {}) for link in self.links))
         return [a["count"] if a is not None and a.get("ok") and isinstance(a.get("count"), int)
                 else None for a in answers]
+
+    async def nodes_count(self) -> int:
+        """[cluster]: clients connected to the other nodes (0 without a cluster)."""
+        answer = await self.links[0].request("nodes_count", {})
+        if answer is not None and answer.get("ok") and isinstance(answer.get("count"), int):
+            return int(answer["count"])
+        return 0
 
     async def close(self) -> None:
         await asyncio.gather(*(link.close() for link in self.links))

@@ -9,6 +9,8 @@ and answers ``["reply", id, result]`` on the same connection. Commands:
 - ``send_all`` {topic, message, qos, retain}: an ordinary publish, as if a
   client had sent it (a retained one is stored).
 - ``count``: clients connected to this worker.
+- ``nodes_count``, ``nodes_send_client``: the same asked of every other node
+  ([cluster], bwfast/nodeapi.py); ``{"ok": False}`` without a cluster.
 """
 from __future__ import annotations
 
@@ -49,6 +51,9 @@ class _ControlLink(asyncio.Protocol):
             req = frame[1] if isinstance(frame, list) and len(frame) > 1 else 0
             try:
                 _, req, command, args = frame
+                if isinstance(command, str) and command.startswith("nodes_"):
+                    self._ask_nodes(req, command, args)
+                    continue
                 result, seq = run_command(self.worker, command, args)
             except Exception as e:  # noqa: BLE001 - the API gets an answer whatever happens
                 log.exception("control command failed")
@@ -58,6 +63,15 @@ class _ControlLink(asyncio.Protocol):
             self.worker.ack(self, msgpack.packb(["reply", req, result], use_bin_type=True),
                             None, seq)
         self.worker.schedule_tick()
+
+    def _ask_nodes(self, req: int, command: str, args: dict) -> None:
+        """[cluster]: the other nodes answer (nodeapi.py), later, on this link."""
+        nodes = self.worker.nodes
+        if nodes is None:
+            self.write(msgpack.packb(["reply", req, {"ok": False, "error": "no cluster"}],
+                                     use_bin_type=True))
+        else:
+            nodes.api.run(self, req, command, args)
 
     # The part of the Connection interface worker.ack / release use.
     @property

@@ -138,8 +138,12 @@ class NodeKV:
             await self._take(cid, clean)
         except Exception as e:  # noqa: BLE001 - NATS trouble: this node serves the client anyway
             log.warning("cluster: takeover of %r failed (%s)", cid, type(e).__name__)
-        key = kv_key(cid)
-        self.ops.put_nowait(("client", key, self.link.node.encode()))
+        if self.clients is not None and self.link.connected:
+            try:
+                # Written before the CONNACK, so a CONNECT on another node right after finds us.
+                await self.clients.put(kv_key(cid), self.link.node.encode())
+            except Exception:  # noqa: BLE001 - NATS away: the next CONNECT writes it
+                self.ops.put_nowait(("client", kv_key(cid), self.link.node.encode()))
         proceed()
         self.worker.schedule_tick()
 

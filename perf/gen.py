@@ -42,6 +42,7 @@ class Plan:
     factor: int = 1                   # deliveries per publish; 0 = nobody receives
     subs: list[tuple[str, str, str]] = field(default_factory=list)  # (id, filter, topic)
     pubs: list[tuple[str, str]] = field(default_factory=list)       # (id, topic)
+    sub_port: int = 0                 # subscribers connect here (another node); 0 = port
     connect_concurrency: int = 64
 
 
@@ -93,13 +94,14 @@ class Agent:
                 return
 
     async def open(self, client_id: str, *, qos: int = 0, clean: bool = True,
-                   session_expiry: int = 0, tally: Tally | None = None) -> Client:
+                   session_expiry: int = 0, tally: Tally | None = None,
+                   port: int = 0) -> Client:
         """TCP connect + MQTT CONNECT/CONNACK."""
         plan = self.plan
         loop = asyncio.get_running_loop()
         _, client = await loop.create_connection(
             lambda: Client(tally or self.tally, plan.version, qos, plan.inflight),
-            plan.host, plan.port)
+            plan.host, port or plan.port)
         try:
             await client.connect(client_id, clean, session_expiry)
         except BaseException:
@@ -129,7 +131,7 @@ class Agent:
 
         async def sub(spec: tuple[str, str, str]) -> Client:
             cid, flt, topic = spec
-            client = await self.open(cid)
+            client = await self.open(cid, port=plan.sub_port)
             if plan.stamped:
                 client.latency = array("q")
             elif topic:

@@ -177,7 +177,7 @@ class Generators:
 
 # -- plans ---------------------------------------------------------------------
 
-def build_plans(case: Case, host: str, port: int) -> list[gen.Plan]:
+def build_plans(case: Case, host: str, port: int, sub_port: int = 0) -> list[gen.Plan]:
     """Spread the clients of a flow scenario over the generator processes.
 
     Topics have a fixed width so every PUBLISH of a run has the same size,
@@ -224,7 +224,7 @@ def build_plans(case: Case, host: str, port: int) -> list[gen.Plan]:
             batch=max(1, min(1024, 32768 // size)), rate=case.rate * share,
             stamped=case.scenario == "latency",
             window=max(64, min(50_000, (8 << 20) // size)), factor=factor,
-            subs=[(prefix + cid, flt, t) for cid, flt, t in subs[g]],
+            subs=[(prefix + cid, flt, t) for cid, flt, t in subs[g]], sub_port=sub_port,
             pubs=[(prefix + cid, t) for cid, t in pubs[g]]))
     return [p for p in plans if p.subs or p.pubs]
 
@@ -244,9 +244,9 @@ def _sleep_until(t_ns: int) -> None:
         time.sleep(delay)
 
 
-def run_flow(case: Case, host: str, port: int, broker: Pids) -> dict:
+def run_flow(case: Case, host: str, port: int, broker: Pids, sub_port: int = 0) -> dict:
     """pairwise / fanin / fanout / shared / latency / cpu / pubonly."""
-    plans = build_plans(case, host, port)
+    plans = build_plans(case, host, port, sub_port)
     factor = plans[0].factor
     with Generators(plans) as gens:
         gens.call("setup", timeout=30 + case.clients / 50)
@@ -369,15 +369,16 @@ def run_task(case: Case, host: str, port: int, broker: Pids) -> dict:
     return res
 
 
-def run_case(case: Case, host: str, port: int, broker: Pids = None) -> dict:
-    """Run one case against host:port; `broker` lists the pids to measure (or None)."""
+def run_case(case: Case, host: str, port: int, broker: Pids = None, sub_port: int = 0) -> dict:
+    """Run one case against host:port; `broker` lists the pids to measure (or None);
+    with ``sub_port`` a flow's subscribers connect there (another node)."""
     gen.raise_nofile()
     if case.scenario == "connstorm":
         res = run_connstorm(case, host, port, broker)
     elif case.scenario in ("retained", "backlog"):
         res = run_task(case, host, port, broker)
     else:
-        res = run_flow(case, host, port, broker)
+        res = run_flow(case, host, port, broker, sub_port)
     return res
 
 

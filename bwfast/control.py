@@ -14,6 +14,11 @@ and answers ``["reply", id, result]`` on the same connection. Commands:
 - ``kick_user`` {username}: disconnect every connection here that
   authenticated as that username (its credentials were removed or changed);
   ``{"ok": True, "count": n}``.
+- ``acl_reload``: re-read the acl_file and the LMDB ``acl`` rules (after a REST
+  or CLI change); ``{"ok": True, "generation": n}``, or ``{"ok": False,
+  "generation": n, "error": ...}`` when the acl_file is bad (its previous rules
+  are kept, the LMDB rules are applied all the same). ``generation`` is 0 with
+  ``[acl] enabled = false``.
 """
 from __future__ import annotations
 
@@ -85,6 +90,11 @@ def run_command(worker: Worker, command: str, args: dict) -> tuple[dict, int]:
         return KICKS[command](worker, args), 0
     if command == "count":
         return {"ok": True, "count": worker.sessions.connected_count()}, 0
+    if command == "acl_reload":
+        generation, error = worker.reload_acl()
+        if error:
+            return {"ok": False, "generation": generation, "error": error}, 0
+        return {"ok": True, "generation": generation}, 0
     topic = args.get("topic", "")
     if not isinstance(topic, str) or not valid_topic(topic):
         return {"ok": False, "error": "invalid topic"}, 0

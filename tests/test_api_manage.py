@@ -24,7 +24,9 @@ NO_DATA = {"bwapi-status": "success", "bwapi-status-reason": "no_data_found"}
 @pytest.fixture(scope="module", params=[4, 1], ids=["workers4", "workers1"])
 def api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         ) -> Iterator[ApiBroker]:
-    yield from start_api_broker(tmp_path_factory.mktemp("api_manage"), request.param)
+    # The ACL is on as a deny list, so that rules added here can be seen taking effect.
+    yield from start_api_broker(tmp_path_factory.mktemp("api_manage"), request.param,
+                                **{"acl.enabled": True, "acl.default": "allow"})
 
 
 class Raw:
@@ -198,6 +200,44 @@ def test_acl_rules_added_listed_replaced_and_removed(api: ApiBroker) -> None:
     assert reason(api.post("remove_acl", username=user, topic=f"{tag}/secret")) == (
         404, "No such ACL rule")
     assert not [row for row in acl_rows(api) if row["topic"].startswith(tag)]
+
+
+def test_acl_change_applies_at_once_to_a_live_subscription_on_another_worker(
+        api: ApiBroker, raw: Raw) -> None:
+    """add_acl reaches every worker (acl_reload): the subscriber, already
+    subscribed to a wildcard filter, stops getting the denied topic without
+    reconnecting, and gets it again once the rule is removed."""
+    sub_sock = raw.socket(V5)
+    sub_pid = owner_pid(api.broker, sub_sock.sock)
+    assert sub_sock.connect(raw.cid("sub")).rc == 0
+    base = raw.topic("room")
+    assert sub_sock.subscribe(f"{base}/#", 0).codes == [0]
+    pub = None
+    for i in range(40):  # a publisher on another worker, when there is one
+        c = raw.socket(V311)
+        if api.broker.workers == 1 or owner_pid(api.broker, c.sock) != sub_pid:
+            assert c.connect(raw.cid(f"pub{i}")).rc == 0
+            pub = c
+            break
+        c.close()
+    assert pub is not None
+
+    def delivered(topic: str) -> bool:
+        pub.publish(topic, b"x", qos=1)
+        try:
+            got = sub_sock.recv_packet(0.5)
+        except TimeoutError:
+            return False
+        return got.ptype == 3
+
+    assert delivered(f"{base}/secret")
+    r = api.post("add_acl", clientid=raw.cid("sub"), topic=f"{base}/secret", access="deny")
+    assert r.status_code == 200, r.text
+    assert "detail" not in r.json(), r.json()  # every worker confirmed the reload
+    assert not delivered(f"{base}/secret")
+    assert delivered(f"{base}/open")
+    assert api.post("remove_acl", clientid=raw.cid("sub"), topic=f"{base}/secret").status_code == 200
+    assert delivered(f"{base}/secret")
 
 
 @pytest.mark.parametrize("fields, expected", [

@@ -67,11 +67,15 @@ def _rule(params: Params, access_required: bool = True) -> tuple[Rule, str | Non
 
 
 async def _reload(request: Request) -> dict[str, str]:
-    silent = await request.app.ctx.workers.acl_reload()
-    if not silent:
-        return {}
-    return {"detail": f"{silent} worker(s) did not confirm; they apply the rules when "
-                      "they restart"}
+    """Every worker re-reads the rules; ``detail`` when one could not (yet)."""
+    silent, error = await request.app.ctx.workers.acl_reload()
+    notes = []
+    if silent:
+        notes.append(f"{silent} worker(s) did not answer; they apply the rules when they "
+                     "restart")
+    if error:
+        notes.append(error)
+    return {"detail": "; ".join(notes)} if notes else {}
 
 
 @bp.post("/add_acl")

@@ -8,12 +8,19 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from mqtt_helpers import V5, V311, RawClient, parse_disconnect
 from test_api_support import BASE, ApiBroker, eventually, fail, start_api_broker
 from test_cluster_support import owner_pid
+
+from api.app import create_app
+from api.openapi import document
+from api.workers import Workers
+from bwfast.config import load_config
+from bwfast.store import Store
 
 pytestmark = pytest.mark.bwfast_only
 
@@ -337,3 +344,20 @@ def test_openapi_describes_the_management_calls(api: ApiBroker) -> None:
     body = paths[f"{BASE}/add_acl"]["post"]["requestBody"]["content"]["application/json"]
     assert set(body["schema"]["properties"]) == {"username", "clientid", "pattern", "topic",
                                                  "access"}
+
+
+def test_every_route_of_the_app_is_in_the_openapi_document(tmp_path: Path) -> None:
+    """The app itself (not a running one) against api/openapi.py: path and method."""
+    conf = tmp_path / "broker.conf"
+    conf.write_text("")
+    cfg = load_config(str(conf), {"data_dir": str(tmp_path / "data")})
+    store = Store(cfg.broker.data_dir)
+    try:
+        app = create_app(cfg, store, Workers(cfg.broker.data_dir, 1))
+        app.router.finalize()
+        routes = {("/" + r.path, m.lower()) for r in app.router.routes for m in r.methods}
+    finally:
+        store.close()
+    paths = document()["paths"]
+    described = {(p.rstrip("/"), m) for p, item in paths.items() for m in item}
+    assert routes == described

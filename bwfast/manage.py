@@ -31,6 +31,7 @@ from bwfast import ctlclient
 from bwfast.acl import ACCESS_WORDS, DB, AclError, check_rule, rule_key, rule_value, stored_rules
 from bwfast.config import load_config
 from bwfast.errors import ConfigError
+from bwfast.passwd import _open_store as open_store
 from bwfast.store import Store
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
@@ -87,10 +88,9 @@ def kick_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def data_dir(ns: argparse.Namespace) -> tuple[str, bool]:
-    """(the data directory the broker would use, its [persistence] sync)."""
-    cfg = load_config(ns.config, {"data_dir": ns.data_dir})
-    return cfg.broker.data_dir, cfg.persistence.sync
+def data_dir(ns: argparse.Namespace) -> str:
+    """The data directory the broker would use."""
+    return load_config(ns.config, {"data_dir": ns.data_dir}).broker.data_dir
 
 
 def _kind(ns: argparse.Namespace) -> tuple[str, str]:
@@ -153,8 +153,8 @@ def _change(store: Store, ns: argparse.Namespace) -> None:
 
 
 def _acl(ns: argparse.Namespace) -> int:
-    path, sync = data_dir(ns)
     if ns.action == "reload":
+        path = data_dir(ns)
         total, live, errors = _answers(path, "acl_reload")
         if not live:
             raise Failure(f"no broker running on {path}", EXIT_NOT_RUNNING)
@@ -163,7 +163,8 @@ def _acl(ns: argparse.Namespace) -> int:
             raise Failure(f"not every rule was reloaded: {sorted(set(errors))[0]}",
                           EXIT_FAILED)
         return EXIT_OK
-    store = Store(path, sync=sync)
+    store = open_store(ns)  # as `bwfast passwd` opens it (same data_dir, same care)
+    path = store.path
     try:
         if ns.action == "list":
             print(f"rules in {path}:", file=sys.stderr)
@@ -177,7 +178,7 @@ def _acl(ns: argparse.Namespace) -> int:
 
 
 def _kick(ns: argparse.Namespace) -> int:
-    path, _ = data_dir(ns)
+    path = data_dir(ns)
     answers = ctlclient.broadcast(path, "kick", {"clientid": ns.clientid})
     if not any(a is not None for a in answers):
         raise Failure(f"no broker running on {path}", EXIT_NOT_RUNNING)

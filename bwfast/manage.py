@@ -28,7 +28,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from bwfast import ctlclient
-from bwfast.acl import ACCESS_WORDS, DB, AclError, check_rule, rule_key, rule_value, stored_rules
+from bwfast.acl import (
+    ACCESS_WORDS,
+    DB,
+    AclError,
+    check_rule,
+    rule_from_value,
+    rule_key,
+    rule_value,
+    stored_rules,
+)
 from bwfast.config import load_config
 from bwfast.errors import ConfigError
 from bwfast.passwd import _open_store as open_store
@@ -145,7 +154,7 @@ def _change(store: Store, ns: argparse.Namespace) -> None:
         print(f"added {kind} {who!r} {rule.access} {rule.topic!r} in {store.path}")
         return
     stored: Any = store.get(DB, key)
-    if stored is None or (ns.access is not None and list(stored)[3:4] != [ns.access]):
+    if stored is None or (ns.access is not None and rule_from_value(stored).access != ns.access):
         raise Failure(f"no such rule in {store.path}", EXIT_FAILED)
     store.delete(DB, key)
     store.commit()

@@ -24,6 +24,7 @@ from bwfast.acl import (
     AclError,
     Rule,
     check_rule,
+    rule_from_value,
     rule_key,
     rule_value,
     stored_rules,
@@ -98,7 +99,7 @@ async def remove_acl(request: Request) -> HTTPResponse:
     store = request.app.ctx.store
     key = rule_key(rule)
     stored = store.get(DB, key)
-    if stored is None or (access is not None and list(stored)[3:4] != [access]):
+    if stored is None or (access is not None and rule_from_value(stored).access != access):
         raise NotFound(fail_body("No such ACL rule"))
     store.delete(DB, key)
     store.commit()

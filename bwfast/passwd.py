@@ -7,8 +7,10 @@
 ``--password`` the password is asked twice on a terminal, or read as one line
 from stdin. It is safe while the broker runs: LMDB serialises writers across
 processes, and workers read ``auth`` at each CONNECT, so a change applies to
-the next CONNECT. Records are the same salted scrypt hashes the REST API
-writes (bwfast.auth); a password is never stored or printed.
+the next CONNECT; ``remove`` and ``set`` of an existing user also close that
+user's live connections on a running broker, as the REST API does. Records
+are the same salted scrypt hashes the REST API writes (bwfast.auth); a
+password is never stored or printed.
 
 The data directory is ``--data-dir``, else ``[broker] data_dir`` of
 ``--config`` or ./broker.conf, as the broker finds it; every command says
@@ -107,6 +109,7 @@ def run(ns: argparse.Namespace) -> int:
             store.delete("auth", key)
             store.commit()
             print(f"removed {user!r} from {store.path}")
+            _revoke(store.path, user)
             return EXIT_OK
         if ns.action == "add" and exists:
             print(f"bwfast passwd: user {user!r} exists in {store.path} (use set to change it)",
@@ -115,9 +118,22 @@ def run(ns: argparse.Namespace) -> int:
         store.put("auth", key, hash_password(read_password(ns.password)))
         store.commit()
         print(f"{'updated' if exists else 'added'} {user!r} in {store.path}")
+        if exists:
+            _revoke(store.path, user)
         return EXIT_OK
     finally:
         store.close()
+
+
+def _revoke(data_dir: str, user: str) -> None:
+    """As ``remove_auth`` / ``edit_auth`` do: the running broker's live
+    connections of that user are closed (v5: DISCONNECT 0x98)."""
+    from bwfast.ctlclient import broadcast
+
+    answers = [a for a in broadcast(data_dir, "kick_user", {"username": user}) if a]
+    count = sum(a.get("count", 0) for a in answers if isinstance(a.get("count"), int))
+    if count:
+        print(f"disconnected {count} live connection(s) of {user!r}")
 
 
 def main(argv: Sequence[str]) -> int:

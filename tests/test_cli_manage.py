@@ -153,6 +153,33 @@ def test_kick(running: Broker, clients: Clients) -> None:
     assert r.returncode == EXIT_FAILED and "not connected" in r.stderr
 
 
+def test_passwd_remove_and_set_close_the_users_live_connections(
+        running: Broker, clients: Clients) -> None:
+    """As remove_auth / edit_auth do (this broker has authentication off, so any
+    password connects; the username is what the connection is known by)."""
+    user = f"dev-{clients.tag}"
+    assert on(running, "passwd", "add", user, "--password", "one").returncode == 0
+    conns = []
+    for i, version in enumerate((V311, V5)):
+        c = RawClient(running.host, running.port, version=version)
+        clients.open.append(c)
+        assert c.connect(clients.cid(f"c{i}"), username=user, password=b"one").rc == 0
+        conns.append(c)
+    bystander = clients.connect("bystander")
+    r = on(running, "passwd", "set", user, "--password", "two")
+    assert r.returncode == 0, r.stderr
+    assert "disconnected 2 live connection(s)" in r.stdout
+    assert conns[0].wait_closed() == []
+    assert [parse_disconnect(p, V5).rc for p in conns[1].wait_closed()] == [ADMINISTRATIVE_ACTION]
+    c = RawClient(running.host, running.port, version=V311)
+    clients.open.append(c)
+    assert c.connect(clients.cid("again"), username=user, password=b"two").rc == 0
+    r = on(running, "passwd", "remove", user)
+    assert r.returncode == 0, r.stderr
+    assert c.wait_closed() == []
+    assert bystander.is_open()
+
+
 @pytest.mark.parametrize("args", [
     ("acl", "add", "--username", "u", "a/#/b", "read"),
     ("acl", "add", "--username", "u", "a", "everything"),

@@ -350,6 +350,10 @@ class Worker:
 
         def checked(fut: asyncio.Future) -> None:
             ok = not fut.cancelled() and fut.exception() is None and fut.result()
+            if ok and self.store.get("auth", username.encode()) != record:
+                # Removed or changed (remove_auth / edit_auth) while scrypt ran: the
+                # revocation's kick could not see this CONNECT yet, so refuse it here.
+                ok = False
             if ok:
                 self.verified.remember(username, record, password)
             done(0 if ok else c.BAD_USERNAME_OR_PASSWORD)

@@ -102,6 +102,12 @@ def data_dir(ns: argparse.Namespace) -> str:
     return load_config(ns.config, {"data_dir": ns.data_dir}).broker.data_dir
 
 
+def _enforced(ns: argparse.Namespace) -> None:
+    if not load_config(ns.config, {"data_dir": ns.data_dir}).acl.enabled:
+        print("note: [acl] enabled = false in this configuration: the rules are kept but "
+              "not enforced", file=sys.stderr)
+
+
 def _kind(ns: argparse.Namespace) -> tuple[str, str]:
     if getattr(ns, "pattern", False):
         return "pattern", ""
@@ -182,6 +188,7 @@ def _acl(ns: argparse.Namespace) -> int:
         _change(store, ns)
     finally:
         store.close()
+    _enforced(ns)
     _reload_after_change(path)
     return EXIT_OK
 

@@ -47,9 +47,10 @@ def bwfast(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[s
 
 
 def on(b: Broker, *args: str) -> subprocess.CompletedProcess[str]:
-    """A subcommand pointed at the broker's data directory."""
+    """A subcommand pointed at the broker's data directory, run where its
+    broker.conf is (as an operator would)."""
     sub, rest = args[0], args[1:]
-    return bwfast(sub, "--data-dir", str(b.data_dir), *rest)
+    return bwfast(sub, "--data-dir", str(b.data_dir), *rest, cwd=b.root)
 
 
 class Clients:
@@ -198,21 +199,25 @@ def test_bad_usage(running: Broker, args: tuple[str, ...]) -> None:
 def test_without_a_running_broker(tmp_path: Path) -> None:
     """LMDB rules can be managed offline; reload and kick need a broker."""
     data = tmp_path / "data"
-    r = bwfast("acl", "--data-dir", str(data), "add", "--username", "bob", "bob/#", "readwrite")
+    r = bwfast("acl", "--data-dir", str(data), "add", "--username", "bob", "bob/#", "readwrite",
+               cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert f"no broker running on {data}" in r.stdout
-    r = bwfast("acl", "--data-dir", str(data), "list", "--username", "bob")
+    assert "not enforced" in r.stderr  # no config: [acl] is off
+    r = bwfast("acl", "--data-dir", str(data), "list", "--username", "bob", cwd=tmp_path)
     assert r.stdout.splitlines() == ["username\tbob\treadwrite\tbob/#"]
     for args in (("acl", "--data-dir", str(data), "reload"),
                  ("kick", "--data-dir", str(data), "someone")):
-        r = bwfast(*args)
+        r = bwfast(*args, cwd=tmp_path)
         assert r.returncode == EXIT_NOT_RUNNING, r.stderr
         assert r.stderr.strip().endswith(f"no broker running on {data}")
     # a stale control socket file left by a broker that is gone changes nothing
     (data / "run").mkdir(exist_ok=True)
     (data / "run" / "worker-0.ctl").write_text("")
-    assert bwfast("kick", "--data-dir", str(data), "someone").returncode == EXIT_NOT_RUNNING
-    r = bwfast("acl", "--data-dir", str(data), "remove", "--username", "bob", "bob/#")
+    r = bwfast("kick", "--data-dir", str(data), "someone", cwd=tmp_path)
+    assert r.returncode == EXIT_NOT_RUNNING
+    r = bwfast("acl", "--data-dir", str(data), "remove", "--username", "bob", "bob/#",
+               cwd=tmp_path)
     assert r.returncode == 0, r.stderr
 
 
@@ -239,5 +244,6 @@ def test_data_dir_comes_from_the_config_and_is_printed(tmp_path: Path) -> None:
     assert str(tmp_path / "from-config") in r.stdout
     r = bwfast("acl", "--config", str(other), "list", cwd=here)
     assert r.stdout == "" and str(tmp_path / "from-config") in r.stderr
-    assert bwfast("passwd", "--config", str(other), "list").stdout.split() == ["dev2"]
+    r = bwfast("passwd", "--config", str(other), "list", cwd=tmp_path)
+    assert r.stdout.split() == ["dev2"]
     assert not (here / "bwfast-data").exists()

@@ -71,6 +71,8 @@ async def _reload(request: Request) -> dict[str, str]:
     """Every worker re-reads the rules; ``detail`` when one could not (yet)."""
     silent, error = await request.app.ctx.workers.acl_reload()
     notes = []
+    if not request.app.ctx.cfg.acl.enabled:
+        notes.append("[acl] enabled = false: the rules are kept but not enforced")
     if silent:
         notes.append(f"{silent} worker(s) did not answer; they apply the rules when they "
                      "restart")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -343,6 +344,82 @@ def test_pre_connect_memory_stays_bounded(make_broker: Callable[..., Broker]) ->
         f"workers' RSS {before:.0f} -> {after:.0f} MB after {sum(c[0] for c in sent) // MB} MB "
         "streamed by two unauthenticated sockets")
     assert all(c[0] < 96 * MB for c in sent), "the broker kept reading a refused CONNECT"
+
+
+def _holder(b: Broker, client: socket.socket) -> int | None:
+    """The worker pid that accepted `client`'s connection (None: not accepted yet)."""
+    cport = client.getsockname()[1]
+    inode = None
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        f = line.split()
+        if (int(f[1].split(":")[1], 16) == b.port and int(f[2].split(":")[1], 16) == cport):
+            inode = f[9]
+    if inode is None:
+        return None
+    for pid in worker_pids(b):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]":
+                    return pid
+            except OSError:
+                continue
+    return None
+
+
+def test_bytes_behind_a_pending_connect_are_bounded(tmp_path: Path) -> None:
+    """What a client sends behind its CONNECT while the CONNECT is pending (here:
+    another worker, stopped, is asked to let go of the client id) is not read
+    beyond max_connect_size: the rest waits in the kernel (issue 11: nothing an
+    unauthenticated socket sends may make the broker hold more than that).
+
+    Two workers are needed for a pending takeover, whatever BWFAST_TEST_WORKERS."""
+    b = Broker(tmp_path / "b", {}, 2).start()
+    stopped = None
+    try:
+        first = RawClient(b.host, b.port, version=V311)
+        assert first.connect("held-cid").rc == 0
+        stopped = _holder(b, first.sock)
+        assert stopped is not None
+        os.kill(stopped, signal.SIGSTOP)
+        # A second connection for the same client id, on the other (running) worker.
+        for _ in range(40):
+            s = socket.create_connection((b.host, b.port))
+            time.sleep(0.05)
+            holder = _holder(b, s)
+            if holder is not None and holder != stopped:
+                break
+            s.close()
+        else:
+            raise AssertionError("no connection reached the running worker")
+        base = rss_kb(holder) / 1024
+        # CONNECT, then a PUBLISH claiming 200 MB (fine for a connected client), streamed.
+        s.sendall(connect("held-cid", version=V311) + b"\x30" + varint(200 * 1000 * 1000))
+        s.setblocking(False)
+        sent = 0
+        chunk = b"\xa5" * 65536
+        deadline = time.monotonic() + 0.8  # the takeover waits 2 s for the stopped worker
+        while time.monotonic() < deadline and sent < 96 * MB:
+            try:
+                sent += s.send(chunk)
+            except BlockingIOError:
+                time.sleep(0.005)
+        grown = rss_kb(holder) / 1024 - base
+        try:
+            early = s.recv(16)
+        except BlockingIOError:
+            early = b""
+        assert early == b"", "the CONNECT was answered before the measurement: too slow"
+        assert sent < 32 * MB, f"the broker read {sent // MB} MB behind a pending CONNECT"
+        assert grown < 16, f"worker RSS grew {grown:.0f} MB behind a pending CONNECT"
+        s.close()
+    finally:
+        if stopped is not None:
+            os.kill(stopped, signal.SIGCONT)
+        b.stop()
 
 
 # ------------------------------------------------------------------ max_connections

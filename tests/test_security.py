@@ -346,6 +346,53 @@ def test_pre_connect_memory_stays_bounded(make_broker: Callable[..., Broker]) ->
     assert all(c[0] < 96 * MB for c in sent), "the broker kept reading a refused CONNECT"
 
 
+def _ws_open(port: int) -> socket.socket:
+    """A raw WebSocket upgrade to /mqtt; returns the socket once 101 came back."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.sendall(b"GET /mqtt HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+              b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+              b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = s.recv(4096)
+        assert chunk, head
+        head += chunk
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return s
+
+
+def _closed_soon(s: socket.socket, seconds: float = 3.0) -> bytes:
+    """Read until EOF (or reset), which must come within `seconds`; return what came."""
+    s.settimeout(seconds)
+    got = b""
+    try:
+        while chunk := s.recv(65536):
+            got += chunk
+    except ConnectionResetError:
+        pass
+    except TimeoutError:
+        raise AssertionError(f"still open after {seconds}s (got {got!r})") from None
+    return got
+
+
+def test_websocket_before_connect_is_bounded_too(make_broker: Callable[..., Broker]) -> None:
+    """Over WebSocket: a frame claiming 200 MB before CONNECT is refused from its
+    header (close 1009), and a first MQTT byte other than CONNECT closes at once."""
+    ws_port = free_port()
+    b = make_broker(**{"websocket.enabled": True, "websocket.port": ws_port})
+    wait_port(ws_port)
+    s = _ws_open(ws_port)
+    s.sendall(bytes([0x82, 0xFF]) + (200 * 1000 * 1000).to_bytes(8, "big") + b"mask")
+    got = _closed_soon(s)
+    assert got[:1] == b"\x88" and got[2:4] == (1009).to_bytes(2, "big"), got
+    s.close()
+    s = _ws_open(ws_port)
+    s.sendall(bytes([0x82, 0x82]) + b"\x00\x00\x00\x00" + b"\x30\x7f")  # PUBLISH first
+    _closed_soon(s)
+    s.close()
+    assert total_rss_mb(b) < 200
+
+
 def _holder(b: Broker, client: socket.socket) -> int | None:
     """The worker pid that accepted `client`'s connection (None: not accepted yet)."""
     cport = client.getsockname()[1]

@@ -103,14 +103,15 @@ def run(ns: argparse.Namespace) -> int:
                 return EXIT_USER
             store.delete("auth", key)
             store.commit()
-            print(f"removed {user!r}")
+            print(f"removed {user!r} from {store.path}")
             return EXIT_OK
         if ns.action == "add" and exists:
             print(f"bwfast passwd: user {user!r} exists (use set to change it)", file=sys.stderr)
             return EXIT_USER
         store.put("auth", key, hash_password(read_password(ns.password)))
         store.commit()
-        print(f"{'updated' if exists else 'added'} {user!r}")
+        # Which data_dir: a broker whose data is elsewhere won't know this user.
+        print(f"{'updated' if exists else 'added'} {user!r} in {store.path}")
         return EXIT_OK
     finally:
         store.close()

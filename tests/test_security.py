@@ -140,6 +140,27 @@ def test_loose_data_dir_is_tightened_with_one_log_line(tmp_path: Path, workers: 
         b.stop()
 
 
+def test_passwd_names_its_data_dir_and_keeps_it_private(tmp_path: Path) -> None:
+    """`bwfast passwd` without --data-dir wrote to ./bwfast-data silently; it says
+    where it wrote, and a data_dir it creates is as private as the broker's (umask 0)."""
+    def passwd(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "bwfast", "passwd", *args], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=60,
+                              preexec_fn=lambda: os.umask(0) and None)
+    done = passwd("add", "dev-7", "--password", "pw")
+    assert done.returncode == 0, done.stderr
+    default = tmp_path / "bwfast-data"
+    assert done.stdout == f"added 'dev-7' in {default}\n"
+    assert mode(default) == 0o700
+    assert {p.name: mode(p) for p in default.iterdir()} == {"data.mdb": 0o600,
+                                                          "lock.mdb": 0o600}
+    other = tmp_path / "elsewhere"
+    done = passwd("--data-dir", str(other), "set", "dev-7", "--password", "pw")
+    assert done.stdout == f"added 'dev-7' in {other}\n", done.stderr
+    done = passwd("--data-dir", str(other), "remove", "dev-7")
+    assert done.stdout == f"removed 'dev-7' from {other}\n", done.stderr
+
+
 def _as_nobody() -> None:
     os.setgroups([])
     os.setgid(NOBODY)

@@ -92,5 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     log = logging.getLogger("bwfast.config")
     for warning in cfg.warnings:
         log.warning("%s", warning)
+    for note in cfg.notes:
+        log.info("%s", note)
     from bwfast.supervisor import run  # lazily: nothing starts on a bad config
     return run(cfg)

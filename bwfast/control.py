@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from bwfast.codes import ADMINISTRATIVE_ACTION
+from bwfast.datadir import DIR_MODE, secure_socket
 from bwfast.message import Message
 from bwfast.topics import valid_topic
 
@@ -152,11 +153,13 @@ KICKS = {"kick": kick, "kick_user": kick_user}
 
 
 async def start_control(worker: Worker, run_dir: str) -> asyncio.AbstractServer:
-    os.makedirs(run_dir, exist_ok=True)
+    os.makedirs(run_dir, mode=DIR_MODE, exist_ok=True)
     path = control_path(run_dir, worker.index)
     try:
         os.unlink(path)
     except FileNotFoundError:
         pass
     loop = asyncio.get_running_loop()
-    return await loop.create_unix_server(lambda: _ControlLink(worker), path)
+    server = await loop.create_unix_server(lambda: _ControlLink(worker), path)
+    secure_socket(path)  # the API's way in: nobody else may connect
+    return server

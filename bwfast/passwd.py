@@ -27,6 +27,7 @@ from collections.abc import Sequence
 
 from bwfast.auth import hash_password
 from bwfast.config import load_config
+from bwfast.datadir import private_umask
 from bwfast.errors import ConfigError
 from bwfast.store import Store
 
@@ -88,6 +89,7 @@ def read_password(given: str | None) -> str:
 
 def _open_store(ns: argparse.Namespace) -> Store:
     cfg = load_config(ns.config, {"data_dir": ns.data_dir})
+    private_umask()  # a data_dir made here is as private as the broker's own
     return Store(cfg.broker.data_dir, sync=cfg.persistence.sync)
 
 

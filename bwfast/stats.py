@@ -15,7 +15,7 @@ def compiled_modules() -> str:
 
 class Stats:
     __slots__ = ("msgs_received", "msgs_sent", "bytes_received", "bytes_sent", "dropped",
-                 "protocol_errors", "connects", "forwarded", "denied", "started")
+                 "protocol_errors", "connects", "forwarded", "denied", "refused", "started")
 
     def __init__(self) -> None:
         self.msgs_received = 0
@@ -27,6 +27,7 @@ class Stats:
         self.connects = 0
         self.forwarded = 0  # copies sent to peer workers (one per peer with a match)
         self.denied = 0     # PUBLISHes and wills the ACL refused
+        self.refused = 0    # CONNECTs refused by [broker] max_connections
         self.started = time.time()
 
     def snapshot(self) -> dict[str, int]:
@@ -44,6 +45,7 @@ def sys_topics(totals: dict[str, int], connected: int, sessions: int, subscripti
         "$SYS/broker/clients/active": str(connected),
         "$SYS/broker/clients/total": str(sessions),
         "$SYS/broker/clients/disconnected": str(max(0, sessions - connected)),
+        "$SYS/broker/clients/refused": str(totals.get("refused", 0)),
         "$SYS/broker/messages/received": str(totals["msgs_received"]),
         "$SYS/broker/messages/sent": str(totals["msgs_sent"]),
         "$SYS/broker/publish/messages/received": str(totals["msgs_received"]),

@@ -16,6 +16,7 @@ import time
 from multiprocessing.connection import wait
 from typing import TYPE_CHECKING, Any
 
+from bwfast import datadir
 from bwfast.acl import AclError, read_acl_file
 from bwfast.config import validate_tls_files
 from bwfast.errors import ConfigError
@@ -70,7 +71,6 @@ def preflight(cfg: Config) -> None:
         except AclError as e:
             msg = str(e)
             raise StartupError(msg if msg.startswith("[acl]") else f"[acl] file: {msg}") from e
-    os.makedirs(b.data_dir, exist_ok=True)
     try:
         Store(b.data_dir, sync=cfg.persistence.sync).close()
     except StoreError as e:
@@ -113,19 +113,48 @@ def _child_main(name: str, target, args: tuple) -> None:  # type: ignore[no-unty
     target(*args)
 
 
+def claim_data_dir(cfg: Config) -> int:
+    """Private modes, then the one-broker lock (its fd, held until we exit), then
+    the stale sockets of an earlier run; before anything else starts."""
+    path = cfg.broker.data_dir
+    datadir.private_umask()
+    try:
+        datadir.prepare(path)
+        fd = datadir.lock(path)
+    except datadir.DataDirBusy as e:
+        raise StartupError(str(e)) from e
+    except OSError as e:
+        raise StartupError(f"[broker] data_dir {path}: {e.strerror or e}") from e
+    removed = datadir.clean_run(path)
+    if removed:
+        log.info("removed %d stale file(s) of an earlier run from %s/run", removed, path)
+    return fd
+
+
 def run(cfg: Config) -> int:
     """Start everything and supervise until SIGTERM/SIGINT; return the exit code."""
     try:
+        lock_fd = claim_data_dir(cfg)
         preflight(cfg)
     except StartupError as e:
         print(f"bwfast: {e}", file=sys.stderr)
         return 1
+    try:
+        return _supervise(cfg)
+    finally:
+        os.close(lock_fd)
 
+
+def _supervise(cfg: Config) -> int:
     from bwfast.worker import run_worker
 
     nworkers = cfg.broker.workers
     ctx = mp.get_context("fork")
-    children = [Child(f"worker-{i}", run_worker, (cfg, i, nworkers)) for i in range(nworkers)]
+    # Connected clients per worker, for [broker] max_connections: each worker
+    # writes its own slot only; a slot is zeroed when its worker dies.
+    slots = ctx.RawArray("q", nworkers)
+    children = [Child(f"worker-{i}", run_worker, (cfg, i, nworkers, slots))
+                for i in range(nworkers)]
     if cfg.api.enabled:
         try:
             from api.app import run_api
@@ -171,6 +200,8 @@ def run(cfg: Config) -> int:
                             proc.exitcode, delay)
                 child.proc = None
                 child.restart_at = now + delay
+                if child.name.startswith("worker-"):
+                    slots[int(child.name[7:])] = 0
             elif proc is None and now >= child.restart_at and not stopping:
                 child.start(ctx)
 

@@ -13,7 +13,7 @@ import os
 import signal
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, MutableSequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from bwfast import codes as c
@@ -27,6 +27,7 @@ from bwfast.history import FLUSH_INTERVAL, History
 from bwfast.listeners import start_listeners
 from bwfast.message import Message
 from bwfast.protocol import Connection
+from bwfast.quota import Quota
 from bwfast.registry import SessionRegistry
 from bwfast.retain import RetainStore
 from bwfast.router import Router
@@ -55,7 +56,8 @@ LAZY_COMMIT_GAP = 0.05  # ... when nothing waits for the commit (Store.urgent)
 
 
 class Worker:
-    def __init__(self, cfg: Config, index: int = 0, nworkers: int = 1) -> None:
+    def __init__(self, cfg: Config, index: int = 0, nworkers: int = 1,
+                 slots: MutableSequence[int] | None = None) -> None:
         self.cfg = cfg
         self.index = index
         self.nworkers = nworkers
@@ -64,6 +66,7 @@ class Worker:
         self.wall = time.time()
         self.handlers = table()
         self.stats = Stats()
+        self.quota = Quota(cfg.broker.max_connections, slots, index)
         self.store = Store(cfg.broker.data_dir, sync=cfg.persistence.sync)
         self.router = Router()
         self.retained = RetainStore(self.store)
@@ -436,12 +439,13 @@ class Worker:
             self.cluster.retained_changed(msg)
 
 
-def run_worker(cfg: Config, index: int = 0, nworkers: int = 1) -> None:
+def run_worker(cfg: Config, index: int = 0, nworkers: int = 1,
+               slots: MutableSequence[int] | None = None) -> None:
     """Process entry point: uvloop, signals, serve until SIGTERM/SIGINT."""
     import uvloop
 
     async def main() -> None:
-        worker = Worker(cfg, index, nworkers)
+        worker = Worker(cfg, index, nworkers, slots)
         await worker.start()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -23,6 +23,11 @@ def handle_publish(conn: Connection, p: Any) -> None:
     version = conn.version
     props = p.properties
     if version == c.MQTT5 and (props or not topic):
+        if c.SUBSCRIPTION_IDENTIFIER in props:
+            # Only the server puts one in a PUBLISH; the decoder accepts it for
+            # the client side of the codec, the direction is checked here.
+            raise MQTTError(c.PROTOCOL_ERROR, "PUBLISH from a client with a "
+                            "Subscription Identifier")  # [MQTT-3.3.4-6]
         topic = _resolve_alias(conn, topic, props)
     if p.retain and not worker.cfg.broker.retain_available:
         raise MQTTError(c.RETAIN_NOT_SUPPORTED, "retain not available")  # [MQTT-3.3.1-13]

@@ -19,6 +19,8 @@ from typing import Any
 
 import msgpack
 
+from bwfast.datadir import DIR_MODE, secure_socket
+
 log = logging.getLogger("bwfast.bus")
 
 MAX_HELD_FRAMES = 200_000   # per peer while its link is down
@@ -82,7 +84,7 @@ class Bus:
         self._pack = msgpack.Packer(use_bin_type=True).pack
 
     async def start(self) -> None:
-        os.makedirs(self.run_dir, exist_ok=True)
+        os.makedirs(self.run_dir, mode=DIR_MODE, exist_ok=True)
         path = socket_path(self.run_dir, self.index)
         try:
             os.unlink(path)
@@ -90,6 +92,7 @@ class Bus:
             pass
         loop = asyncio.get_running_loop()
         self.server = await loop.create_unix_server(lambda: _InLink(self), path)
+        secure_socket(path)  # peers only: a stranger could inject forwarded messages
         for peer in self.peers:
             loop.create_task(self._connect(peer))
 

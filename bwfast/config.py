@@ -30,7 +30,7 @@ Bevywise MQTT Route compatibility
     [UI] UI_Http_Port                 -> [api] port
     [WEB_LOGIN_PAGE] WEB_USERNAME     -> [api] username
     [WEB_LOGIN_PAGE] WEB_PASSWORD     -> [api] password
-    [SYS_TOPIC] SYSTOPIC = NO         -> [broker] sys_interval = 0
+    [SYS_TOPIC] SYSTOPIC = NO         -> [broker] sys_interval = 0 (also DISABLED)
     [SYS_TOPIC] SYSTOPIC_INTERVAL     -> [broker] sys_interval
 The Bevywise broker always serves MQTT over WebSocket, so ``WS_PORT_NO`` or
 ``WSS_PORT_NO`` also turns ``[websocket] enabled`` on (an explicit
@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
+import ipaddress
 import os
 import re
 import socket
@@ -84,7 +85,7 @@ def _default_data_dir() -> str:
 class BrokerConfig:
     """``[broker]``: the MQTT listener and per-client limits."""
 
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"  # safe default; the shipped broker.conf opens 0.0.0.0
     port: int = 1883
     workers: int = field(default_factory=_cpu_count)
     data_dir: str = field(default_factory=_default_data_dir)  # absolute
@@ -199,6 +200,7 @@ class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     source: str | None = None  # absolute path of the file read, if any
     warnings: list[str] = field(default_factory=list, hash=False)
+    notes: list[str] = field(default_factory=list, hash=False, compare=False)  # logged at info
 
 
 _SECTION_CLASSES: dict[str, type] = {
@@ -223,6 +225,8 @@ Parser = Callable[[str], Any]
 _INT_RE = re.compile(r"[+-]?[0-9]+")
 _BOOLS = {"true": True, "yes": True, "on": True, "1": True,
           "false": False, "no": False, "off": False, "0": False}
+# Bevywise writes some switches as ENABLED / DISABLED ([SYS_TOPIC] SYSTOPIC).
+_SWITCHES = {**_BOOLS, "enabled": True, "disabled": False}
 
 
 def _integer(lo: int, hi: int) -> Parser:
@@ -244,6 +248,14 @@ def _boolean(text: str) -> bool:
         return _BOOLS[text.lower()]
     except KeyError:
         raise _Invalid(f"{text!r} is not a boolean (true/false, yes/no, on/off, 1/0)") from None
+
+
+def _switch(text: str) -> bool:
+    try:
+        return _SWITCHES[text.lower()]
+    except KeyError:
+        raise _Invalid(f"{text!r} is not ENABLED/DISABLED or a boolean "
+                       "(true/false, yes/no, on/off, 1/0)") from None
 
 
 def _workers(text: str) -> int:
@@ -545,7 +557,7 @@ class _FileReader:
                       mapped: tuple[str, str, str], text: str) -> None:
         where, ours, our_key = mapped
         if (section, key) == ("SYS_TOPIC", "SYSTOPIC"):
-            if not _parse(_Key(_boolean), text, where):
+            if not _parse(_Key(_switch), text, where):
                 self.systopic_off = where
             return
         self.bevywise[(ours, our_key)] = (_parse(SCHEMA[ours][our_key], text, where), where)
@@ -642,6 +654,30 @@ def _check_cluster(cfg: Config) -> None:
             _check_readable(f"[cluster] {key}", getattr(cl, key))
 
 
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach a listener bound to ``host``."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def _exposure(cfg: Config) -> tuple[list[str], list[str]]:
+    """(warnings, notes) about who can reach MQTT (CONTRACT: safe defaults)."""
+    host = cfg.broker.host
+    if not is_loopback(host):
+        if not cfg.authentication.enabled:
+            return [f"MQTT listens on {host} with [authentication] enabled = false: any "
+                    "host that reaches the port may connect, publish and subscribe"], []
+        return [], []
+    if cfg.source is None:
+        return [], [f"no config file: MQTT listens on {host} only; to accept other "
+                    "hosts, set [broker] host = 0.0.0.0 in a broker.conf"]
+    return [], []
+
+
 def _default_password_warning(cfg: Config) -> list[str]:
     if cfg.api.enabled and cfg.api.password == APIConfig.password:
         return ["[api] password is still the default: change it before "
@@ -684,6 +720,9 @@ def load_config(path: str | None, overrides: Mapping[str, Any] | None = None) ->
     except ConfigError as e:
         raise ConfigError(f"{label}: {e}" if label else str(e)) from None
     warnings.extend(_default_password_warning(cfg))
+    exposed, notes = _exposure(cfg)
+    warnings.extend(exposed)
+    cfg.notes.extend(notes)
     return cfg
 
 

@@ -32,13 +32,16 @@ class Connection(asyncio.Protocol):
     __slots__ = ("worker", "listener", "transport", "parser", "out", "acks", "held", "session",
                  "client_id", "version", "keepalive", "last_rx", "created", "congested",
                  "aliases", "alias_max_out", "out_aliases", "connect_seen", "closing",
-                 "graceful", "will_on_close", "peer", "username", "__weakref__")
+                 "graceful", "will_on_close", "peer", "username", "early", "paused",
+                 "counted", "__weakref__")
 
     def __init__(self, worker: Worker, listener: str = "mqtt") -> None:
         self.worker = worker
         self.listener = listener
         self.transport: Any = None
-        self.parser = Parser(worker.cfg.broker.max_packet_size)
+        b = worker.cfg.broker
+        # Until CONNECT: first byte CONNECT, at most max_connect_size bytes (packet.pyx).
+        self.parser = Parser(b.max_packet_size, 0, b.max_connect_size)
         self.out: list[bytes] = []
         self.acks: deque[list] | None = None  # acks waiting for a commit / peers, in order
         self.held: list | None = None      # packets that came while CONNECT was pending
@@ -58,6 +61,9 @@ class Connection(asyncio.Protocol):
         self.will_on_close = True  # False when the server itself shuts down
         self.peer = ""
         self.username: str | None = None
+        self.early = 0          # bytes received before CONNACK (see _hold)
+        self.paused = False     # reading paused until CONNACK
+        self.counted = False    # holds a [broker] max_connections slot
 
     # -- asyncio.Protocol ----------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -78,7 +84,11 @@ class Connection(asyncio.Protocol):
         self.last_rx = worker.now
         worker.stats.bytes_received += len(data)
         parser = self.parser
-        if self.session is not None:
+        if self.session is None:
+            self._hold(len(data))
+        else:
+            if self.held is not None:  # session attached, CONNACK not out yet
+                self._hold(len(data))
             if type(data) is not bytes:
                 data = bytes(data)
             # The fast lane (bwfast.fastpath) takes the leading QoS 0 PUBLISHes it can
@@ -121,16 +131,34 @@ class Connection(asyncio.Protocol):
         except MQTTError as e:
             self.fail(e)
 
+    def _hold(self, n: int) -> None:
+        """Bound what a client not yet connected makes us keep: the CONNECT is
+        at most max_connect_size (the parser sees to that); once more than that
+        has come before the CONNACK (packets sent behind the CONNECT while the
+        password is checked or another worker lets go of the session), stop
+        reading: the rest waits in the kernel, not in our memory."""
+        self.early += n
+        if not self.paused and self.early > self.worker.cfg.broker.max_connect_size:
+            self.paused = True
+            if self.transport is not None:
+                self.transport.pause_reading()
+
     def connected(self) -> None:
         """CONNECT is done: run what the client sent meanwhile."""
         held, self.held = self.held, None
         if held:
             self._dispatch(held)
+        if self.paused and not self.closing:
+            self.paused = False
+            self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self.out.clear()
         self.worker.conns.discard(self)
+        if self.counted:
+            self.counted = False
+            self.worker.quota.release()
         if self.session is not None:
             self.worker.sessions.detach(self)
 

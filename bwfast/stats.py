@@ -15,7 +15,7 @@ def compiled_modules() -> str:
 
 class Stats:
     __slots__ = ("msgs_received", "msgs_sent", "bytes_received", "bytes_sent", "dropped",
-                 "protocol_errors", "connects", "forwarded", "started")
+                 "protocol_errors", "connects", "forwarded", "denied", "refused", "started")
 
     def __init__(self) -> None:
         self.msgs_received = 0
@@ -26,6 +26,8 @@ class Stats:
         self.protocol_errors = 0
         self.connects = 0
         self.forwarded = 0  # copies sent to peer workers (one per peer with a match)
+        self.denied = 0     # PUBLISHes and wills the ACL refused
+        self.refused = 0    # CONNECTs refused by [broker] max_connections
         self.started = time.time()
 
     def snapshot(self) -> dict[str, int]:
@@ -43,12 +45,14 @@ def sys_topics(totals: dict[str, int], connected: int, sessions: int, subscripti
         "$SYS/broker/clients/active": str(connected),
         "$SYS/broker/clients/total": str(sessions),
         "$SYS/broker/clients/disconnected": str(max(0, sessions - connected)),
+        "$SYS/broker/clients/refused": str(totals.get("refused", 0)),
         "$SYS/broker/messages/received": str(totals["msgs_received"]),
         "$SYS/broker/messages/sent": str(totals["msgs_sent"]),
         "$SYS/broker/publish/messages/received": str(totals["msgs_received"]),
         "$SYS/broker/publish/messages/sent": str(totals["msgs_sent"]),
         "$SYS/broker/publish/messages/dropped": str(totals["dropped"]),
         "$SYS/broker/publish/messages/forwarded": str(totals.get("forwarded", 0)),
+        "$SYS/broker/messages/denied": str(totals.get("denied", 0)),
         "$SYS/broker/bytes/received": str(totals["bytes_received"]),
         "$SYS/broker/bytes/sent": str(totals["bytes_sent"]),
         "$SYS/broker/subscriptions/count": str(subscriptions),

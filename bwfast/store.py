@@ -68,7 +68,7 @@ class Store:
     """
 
     def __init__(self, path: str, sync: bool = True, map_size: int = DEFAULT_MAP_SIZE) -> None:
-        os.makedirs(path, exist_ok=True)
+        os.makedirs(path, mode=0o700, exist_ok=True)
         self.path = path
         self.sync = sync
         try:
@@ -77,9 +77,15 @@ class Store:
                 # durable records (see DURABLE_DBS).
                 path, map_size=map_size, max_dbs=len(DB_NAMES) + 2, sync=False,
                 metasync=False, max_readers=512, readahead=False,
+                mode=0o600,  # the JWT secret, credential hashes, messages: ours only
             )
         except lmdb.Error as e:
             raise StoreError(f"cannot open LMDB environment in {path}: {e}") from e
+        for name in ("data.mdb", "lock.mdb"):  # files made by an older bwfast (0644)
+            file = os.path.join(path, name)
+            st = os.stat(file) if os.path.exists(file) else None
+            if st is not None and st.st_mode & 0o077 and st.st_uid == os.geteuid():
+                os.chmod(file, 0o600)
         self.env.reader_check()  # clear stale readers left by a crashed process
         self.dbs = {name: self.env.open_db(name.encode()) for name in DB_NAMES}
         self._pending: dict[tuple[str, bytes], bytes | None] = {}

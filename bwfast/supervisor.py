@@ -16,6 +16,8 @@ import time
 from multiprocessing.connection import wait
 from typing import TYPE_CHECKING, Any
 
+from bwfast import datadir
+from bwfast.acl import AclError, read_acl_file
 from bwfast.config import validate_tls_files
 from bwfast.errors import ConfigError
 from bwfast.store import Store, StoreError
@@ -63,7 +65,12 @@ def preflight(cfg: Config) -> None:
         raise StartupError(str(e)) from e
     if cfg.api.enabled:
         _check_port(cfg.api.host, cfg.api.port, "[api] port")
-    os.makedirs(b.data_dir, exist_ok=True)
+    if cfg.acl.enabled and cfg.acl.file:
+        try:
+            read_acl_file(cfg.acl.file)  # a bad line: one line naming the file and line
+        except AclError as e:
+            msg = str(e)
+            raise StartupError(msg if msg.startswith("[acl]") else f"[acl] file: {msg}") from e
     try:
         Store(b.data_dir, sync=cfg.persistence.sync).close()
     except StoreError as e:
@@ -99,24 +106,55 @@ class Child:
 
 def _child_main(name: str, target, args: tuple) -> None:  # type: ignore[no-untyped-def]
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides; children get SIGTERM
+    # SIGHUP reloads the ACL: workers install their own handler; the API ignores it.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     mp.current_process().name = name
     target(*args)
 
 
+def claim_data_dir(cfg: Config) -> int:
+    """Private modes, then the one-broker lock (its fd, held until we exit), then
+    the stale sockets of an earlier run; before anything else starts."""
+    path = cfg.broker.data_dir
+    datadir.private_umask()
+    try:
+        datadir.prepare(path)
+        fd = datadir.lock(path)
+    except datadir.DataDirBusy as e:
+        raise StartupError(str(e)) from e
+    except OSError as e:
+        raise StartupError(f"[broker] data_dir {path}: {e.strerror or e}") from e
+    removed = datadir.clean_run(path)
+    if removed:
+        log.info("removed %d stale file(s) of an earlier run from %s/run", removed, path)
+    return fd
+
+
 def run(cfg: Config) -> int:
     """Start everything and supervise until SIGTERM/SIGINT; return the exit code."""
     try:
+        lock_fd = claim_data_dir(cfg)
         preflight(cfg)
     except StartupError as e:
         print(f"bwfast: {e}", file=sys.stderr)
         return 1
+    try:
+        return _supervise(cfg)
+    finally:
+        os.close(lock_fd)
 
+
+def _supervise(cfg: Config) -> int:
     from bwfast.worker import run_worker
 
     nworkers = cfg.broker.workers
     ctx = mp.get_context("fork")
-    children = [Child(f"worker-{i}", run_worker, (cfg, i, nworkers)) for i in range(nworkers)]
+    # Connected clients per worker, for [broker] max_connections: each worker
+    # writes its own slot only; a slot is zeroed when its worker dies.
+    slots = ctx.RawArray("q", nworkers)
+    children = [Child(f"worker-{i}", run_worker, (cfg, i, nworkers, slots))
+                for i in range(nworkers)]
     if cfg.api.enabled:
         try:
             from api.app import run_api
@@ -130,8 +168,19 @@ def run(cfg: Config) -> int:
         nonlocal stopping
         stopping = True
 
+    def on_hup(signum: int, frame: object) -> None:
+        """Reload the ACL (acl_file and LMDB rules): every worker re-reads them."""
+        for child in children:
+            proc = child.proc
+            if child.target is run_worker and proc is not None and proc.pid and proc.is_alive():
+                try:
+                    os.kill(proc.pid, signal.SIGHUP)
+                except ProcessLookupError:
+                    pass
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hup)
 
     for child in children:
         child.start(ctx)
@@ -151,6 +200,8 @@ def run(cfg: Config) -> int:
                             proc.exitcode, delay)
                 child.proc = None
                 child.restart_at = now + delay
+                if child.name.startswith("worker-"):
+                    slots[int(child.name[7:])] = 0
             elif proc is None and now >= child.restart_at and not stopping:
                 child.start(ctx)
 

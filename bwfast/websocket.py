@@ -263,6 +263,10 @@ class WebSocketConnection(asyncio.Protocol):
         # A frame is bounded as an MQTT packet is (a whole one with its fixed
         # header), since a frame is buffered whole; a message may be any length.
         self.max_frame = max(worker.cfg.broker.max_packet_size + 5, 1 << 16)
+        # Until the CONNACK a frame holds the CONNECT (and what follows it): it is
+        # bounded as the CONNECT is, so a frame header claiming more is refused
+        # before anything of it is buffered (see Connection._hold).
+        self.connect_frame = min(self.max_frame, worker.cfg.broker.max_connect_size)
         self.protocol = ServerProtocol(
             subprotocols=list(SUBPROTOCOLS), select_subprotocol=select_subprotocol,
             max_size=(None, self.max_frame), logger=_frames_log)
@@ -336,6 +340,11 @@ class WebSocketConnection(asyncio.Protocol):
             self._fast(self.frames, data[cut:])
 
     def _fast(self, frames: FrameSplitter, data: bytes) -> None:
+        inner = self.inner
+        if inner is not None and (inner.session is None or inner.held is not None):
+            frames.max_frame = self.connect_frame  # not connected yet
+        else:
+            frames.max_frame = self.max_frame
         items: list[tuple[int, bytes]] = []
         try:
             frames.feed(data, items)
@@ -405,7 +414,7 @@ class WebSocketConnection(asyncio.Protocol):
                       self.transport.get_extra_info("peername") if self.transport else None)
             return
         self._cancel_timer()
-        self.frames = FrameSplitter(self.max_frame)
+        self.frames = FrameSplitter(self.connect_frame)
         self.inner = inner = Connection(self.worker, self.listener)
         inner.connection_made(WebSocketTransport(self))
 

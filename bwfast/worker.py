@@ -13,10 +13,11 @@ import os
 import signal
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, MutableSequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from bwfast import codes as c
+from bwfast.acl import AclError, Rule, Rules, read_acl_file, stored_rules
 from bwfast.auth import VerifiedCache, verify_password
 from bwfast.cluster import Cluster
 from bwfast.control import start_control
@@ -27,6 +28,7 @@ from bwfast.listeners import start_listeners
 from bwfast.message import Message
 from bwfast.nodes import REMOTE_BASE, NodeLink
 from bwfast.protocol import Connection
+from bwfast.quota import Quota
 from bwfast.registry import SessionRegistry
 from bwfast.retain import RetainStore
 from bwfast.router import Router
@@ -56,7 +58,8 @@ LAZY_COMMIT_GAP = 0.05  # ... when nothing waits for the commit (Store.urgent)
 
 
 class Worker:
-    def __init__(self, cfg: Config, index: int = 0, nworkers: int = 1) -> None:
+    def __init__(self, cfg: Config, index: int = 0, nworkers: int = 1,
+                 slots: MutableSequence[int] | None = None) -> None:
         self.cfg = cfg
         self.index = index
         self.nworkers = nworkers
@@ -65,6 +68,7 @@ class Worker:
         self.wall = time.time()
         self.handlers = table()
         self.stats = Stats()
+        self.quota = Quota(cfg.broker.max_connections, slots, index)
         self.store = Store(cfg.broker.data_dir, sync=cfg.persistence.sync)
         self.router = Router()
         self.retained = RetainStore(self.store)
@@ -91,6 +95,12 @@ class Worker:
         self.lane.slow_forwarded = self._slow_forwarded
         # [cluster]: other nodes through NATS (bwfast/nodes.py); None on a lone node.
         self.nodes: NodeLink | None = NodeLink(self) if cfg.cluster.enabled else None
+        # [acl] enabled: every session gets a ClientAcl over these rules (None: no checks).
+        self.acl_rules: Rules | None = None
+        self._acl_file_rules: list[Rule] = []
+        if cfg.acl.enabled:
+            self.acl_rules = Rules(cfg.acl.default == "allow")
+            self.reload_acl()
 
     # -- start / stop -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -251,6 +261,29 @@ class Worker:
             if then is not None:
                 then()
 
+    # -- access control -----------------------------------------------------------------------
+    def reload_acl(self) -> tuple[int, str]:
+        """Re-read the acl_file and the LMDB rules (SIGHUP, the ``acl_reload`` control
+        command); return (generation, error). A bad acl_file keeps its previous rules.
+
+        Decisions cached per client go stale with the generation, and the fast
+        lane's plans (which leave out subscribers that may not read) are dropped,
+        so the change applies to the next message, live subscriptions included.
+        """
+        rules = self.acl_rules
+        if rules is None:
+            return 0, ""
+        error = ""
+        if self.cfg.acl.file:
+            try:
+                self._acl_file_rules = read_acl_file(self.cfg.acl.file)
+            except AclError as e:
+                error = str(e)
+                log.error("acl_file not reloaded, previous rules kept: %s", error)
+        rules.load(self._acl_file_rules + stored_rules(self.store))
+        self.router.invalidate()
+        return rules.generation, error
+
     # -- subscriptions and routes ---------------------------------------------------------------------
     def subscribe(self, session: Any, filt: str, opts: Any) -> None:
         if self.router.subscribe(session, filt, opts):
@@ -356,6 +389,10 @@ class Worker:
 
         def checked(fut: asyncio.Future) -> None:
             ok = not fut.cancelled() and fut.exception() is None and fut.result()
+            if ok and self.store.get("auth", username.encode()) != record:
+                # Removed or changed (remove_auth / edit_auth) while scrypt ran: the
+                # revocation's kick could not see this CONNECT yet, so refuse it here.
+                ok = False
             if ok:
                 self.verified.remember(username, record, password)
             done(0 if ok else c.BAD_USERNAME_OR_PASSWORD)
@@ -448,16 +485,18 @@ class Worker:
             self.cluster.retained_changed(msg)
 
 
-def run_worker(cfg: Config, index: int = 0, nworkers: int = 1) -> None:
+def run_worker(cfg: Config, index: int = 0, nworkers: int = 1,
+               slots: MutableSequence[int] | None = None) -> None:
     """Process entry point: uvloop, signals, serve until SIGTERM/SIGINT."""
     import uvloop
 
     async def main() -> None:
-        worker = Worker(cfg, index, nworkers)
+        worker = Worker(cfg, index, nworkers, slots)
         await worker.start()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(worker.stop()))
+        loop.add_signal_handler(signal.SIGHUP, worker.reload_acl)  # the supervisor forwards it
         await worker.stopped.wait()
 
     uvloop.run(main())

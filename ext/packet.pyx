@@ -508,6 +508,11 @@ cdef dict _read_props(const unsigned char* p, Py_ssize_t end, Py_ssize_t* pos, i
         if kind == K_BYTE:
             if stop - i < 1:
                 _malformed("truncated property")
+            if p[i] > 1 and pid != 0x01:
+                # Request Problem/Response Information [MQTT-3.1.2-28..29 §3.1.2.11.6-7],
+                # Maximum QoS, Retain/Wildcard/Subscription Identifier/Shared Available:
+                # "a value other than 0 or 1 is a Protocol Error".
+                _protocol_error("property 0x%02x must be 0 or 1" % pid)
             props[pid] = <long>p[i]
             i += 1
         elif kind == K_TWO:
@@ -528,7 +533,12 @@ cdef dict _read_props(const unsigned char* p, Py_ssize_t end, Py_ssize_t* pos, i
             else:
                 (<list>v).append(value)
         elif kind == K_STR:
-            props[pid] = _read_str(p, stop, &i)
+            v = _read_str(p, stop, &i)
+            if pid == 0x08 and (not v or "+" in v or "#" in v):
+                # Response Topic: a Topic Name, so no wildcards [MQTT-3.3.2-14]
+                # (PUBLISH and Will Properties alike) and not empty [MQTT-4.7.3-1].
+                _protocol_error("Response Topic is not a valid topic name")
+            props[pid] = v
         elif kind == K_BIN:
             props[pid] = _read_bin(p, stop, &i)
         else:   # K_PAIR
@@ -767,18 +777,26 @@ cdef class Parser:
     ``version`` (0 until a CONNECT is decoded) selects the v5 layout; a
     decoded CONNECT sets it, so the packets after it in the same feed are read
     right. The broker or a client-side user may set it too.
+
+    ``max_connect_size`` > 0 makes it a server's parser before CONNECT: the
+    first byte must be CONNECT's [MQTT-3.1.0-1] and the CONNECT packet may take
+    at most that many bytes, both checked as soon as the fixed header is in, so
+    an unauthenticated peer can't make it buffer more than that.
     """
 
     cdef public int version
     cdef public Py_ssize_t max_packet_size
+    cdef Py_ssize_t _connect_max  # > 0: no CONNECT decoded yet, its size limit
     cdef list _chunks          # unconsumed input, not yet joined
     cdef Py_ssize_t _pending   # total bytes in _chunks
     cdef Py_ssize_t _need      # bytes the next packet needs (0: not known yet)
     cdef str _last_topic       # last PUBLISH topic decoded, reused while it repeats
 
-    def __init__(self, Py_ssize_t max_packet_size=MAX_REMAINING, int version=0):
+    def __init__(self, Py_ssize_t max_packet_size=MAX_REMAINING, int version=0,
+                 Py_ssize_t max_connect_size=0):
         self.max_packet_size = max_packet_size
         self.version = version
+        self._connect_max = max_connect_size
         self._chunks = []
         self._pending = 0
         self._need = 0
@@ -848,6 +866,8 @@ cdef class Parser:
         cdef unsigned int b0, c, shift
         while pos < n:
             b0 = p[pos]
+            if self._connect_max and (b0 >> 4) != CONNECT:
+                _protocol_error("the first packet must be CONNECT")   # [MQTT-3.1.0-1]
             _check_first(b0, self.version)
             i = pos + 1
             rl = 0
@@ -867,6 +887,8 @@ cdef class Parser:
             total = i - pos + rl
             if total > self.max_packet_size:
                 raise MQTTError(PACKET_TOO_LARGE, "packet larger than the maximum packet size")
+            if self._connect_max and total > self._connect_max:
+                raise MQTTError(PACKET_TOO_LARGE, "CONNECT larger than max_connect_size")
             if total > n - pos:
                 self._need = total
                 return pos
@@ -889,6 +911,7 @@ cdef class Parser:
         if t == CONNECT:
             c = _connect(p, rl)
             self.version = c.version
+            self._connect_max = 0
             return c
         if t == CONNACK:
             return _connack(p, rl, v5)

@@ -71,7 +71,7 @@ def error_of(tmp_path: Path, text: str, overrides: dict | None = None) -> str:
 def test_defaults_are_the_documented_values(tmp_path: Path) -> None:
     cfg = Config()
     assert cfg.broker == BrokerConfig(
-        host="0.0.0.0", port=1883, workers=os.cpu_count() or 1,
+        host="127.0.0.1", port=1883, workers=os.cpu_count() or 1,
         data_dir=str(tmp_path / "bwfast-data"), max_packet_size=268435455,
         max_inflight=20, max_queued_messages=1000, max_keepalive=65535,
         topic_alias_maximum=10, retain_available=True,
@@ -98,7 +98,15 @@ def test_no_file_gives_defaults_and_the_default_password_warning() -> None:
 def test_shipped_broker_conf_loads_as_the_defaults() -> None:
     cfg = load_config(str(REPO / "broker.conf"))
     assert cfg.source == str(REPO / "broker.conf")
-    assert dataclasses.replace(cfg, source=None) == load_config(None)
+    # ... except that it opens MQTT to every interface, and warns while auth is off.
+    assert cfg.broker.host == "0.0.0.0"
+    defaults = load_config(None)
+    assert dataclasses.replace(
+        cfg, source=None, broker=dataclasses.replace(cfg.broker, host="127.0.0.1"),
+        warnings=defaults.warnings) == defaults
+    assert cfg.warnings == defaults.warnings + [
+        "MQTT listens on 0.0.0.0 with [authentication] enabled = false: any host that "
+        "reaches the port may connect, publish and subscribe"]
 
 
 def test_shipped_broker_conf_documents_every_key_and_nothing_else() -> None:
@@ -401,8 +409,13 @@ CONTRACT_EXAMPLE = """
 
 
 def test_contract_example_loads_as_the_defaults(tmp_path: Path) -> None:
+    """The contract's example is the shipped file: the defaults, MQTT on all interfaces."""
     cfg = load_text(tmp_path, CONTRACT_EXAMPLE)
-    assert dataclasses.replace(cfg, source=None) == load_config(None)
+    defaults = load_config(None)
+    assert cfg.broker.host == "0.0.0.0"
+    assert dataclasses.replace(
+        cfg, source=None, broker=dataclasses.replace(cfg.broker, host="127.0.0.1"),
+        warnings=defaults.warnings) == defaults
 
 
 def test_keys_and_our_section_names_are_case_insensitive(tmp_path: Path) -> None:
@@ -491,6 +504,18 @@ def test_bevywise_systopic_no_turns_sys_off(tmp_path: Path) -> None:
     assert cfg.broker.sys_interval == 0
     cfg = load_text(tmp_path, "[SYS_TOPIC]\nSYSTOPIC = YES\n")
     assert cfg.broker.sys_interval == 10
+
+
+def test_bevywise_systopic_enabled_and_disabled(tmp_path: Path) -> None:
+    """Bevywise's own broker.conf writes SYSTOPIC = ENABLED; it used to be fatal."""
+    cfg = load_text(tmp_path, "[SYS_TOPIC]\nSYSTOPIC = ENABLED\nSYSTOPIC_INTERVAL = 30\n")
+    assert cfg.broker.sys_interval == 30
+    assert not any("SYSTOPIC" in w for w in cfg.warnings)
+    cfg = load_text(tmp_path, "[SYS_TOPIC]\nSYSTOPIC = disabled\nSYSTOPIC_INTERVAL = 30\n")
+    assert cfg.broker.sys_interval == 0
+    assert error_of(tmp_path, "[SYS_TOPIC]\nSYSTOPIC = SOMETIMES\n").endswith(
+        "[SYS_TOPIC] SYSTOPIC: 'SOMETIMES' is not ENABLED/DISABLED or a boolean "
+        "(true/false, yes/no, on/off, 1/0)")
 
 
 def test_bevywise_bad_value_names_the_bevywise_key(tmp_path: Path) -> None:
@@ -783,3 +808,30 @@ def test_passwd_subcommand_without_an_action_is_a_usage_error(
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "add|set|remove|list" in err and "invalid choice: 'alice'" in err
+
+
+# ---------------------------------------------------------------- exposure
+
+EXPOSED = ("MQTT listens on 0.0.0.0 with [authentication] enabled = false: any host "
+           "that reaches the port may connect, publish and subscribe")
+
+
+def test_no_file_listens_on_loopback_and_says_how_to_open_it() -> None:
+    cfg = load_config(None)
+    assert cfg.broker.host == "127.0.0.1"
+    assert cfg.notes == ["no config file: MQTT listens on 127.0.0.1 only; to accept other "
+                         "hosts, set [broker] host = 0.0.0.0 in a broker.conf"]
+    assert not any("MQTT listens" in w for w in cfg.warnings)
+
+
+def test_non_loopback_without_authentication_warns_once(tmp_path: Path) -> None:
+    cfg = load_text(tmp_path, "[broker]\nhost = 0.0.0.0\n")
+    assert cfg.warnings.count(EXPOSED) == 1 and cfg.notes == []
+    cfg = load_text(tmp_path, "[broker]\nhost = 192.0.2.7\n")
+    assert any(w.startswith("MQTT listens on 192.0.2.7 with") for w in cfg.warnings)
+    cfg = load_text(tmp_path, "[broker]\nhost = 0.0.0.0\n[authentication]\nenabled = true\n")
+    assert not any("MQTT listens" in w for w in cfg.warnings)
+    for host in ("127.0.0.1", "127.0.0.5", "::1", "localhost"):
+        cfg = load_text(tmp_path, f"[broker]\nhost = {host}\n")
+        assert not any("MQTT listens" in w for w in cfg.warnings), host
+        assert cfg.notes == []  # a file was given: its choice, nothing to explain

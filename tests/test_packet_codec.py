@@ -976,3 +976,67 @@ def test_empty_feed() -> None:
     assert parser.feed(b"\xc0") == []
     assert parser.feed(b"") == []
     assert parser.feed(b"\x00") == [Pingreq()]
+
+
+# --------------------------------------------------------------------------
+# A server's parser before CONNECT (max_connect_size), issue 11
+
+
+def test_before_connect_the_first_byte_must_be_connect() -> None:
+    """[MQTT-3.1.0-1]: refused on the first byte, before any length or body."""
+    for first in (0x30, 0x82, 0xC0, 0xE0, 0x20):
+        with pytest.raises(MQTTError) as exc:
+            Parser(268435455, 0, 65536).feed(bytes([first]))
+        assert exc.value.reason_code == c.PROTOCOL_ERROR
+    # A parser without max_connect_size (a client's) reads any packet first.
+    assert Parser().feed(encode_pingresp()) == [Pingresp()]
+
+
+def test_connect_size_is_checked_from_the_fixed_header_alone() -> None:
+    parser = Parser(268435455, 0, 100)
+    with pytest.raises(MQTTError) as exc:
+        parser.feed(b"\x10" + varint(101))
+    assert exc.value.reason_code == c.PACKET_TOO_LARGE
+    connect = encode_connect("c", 4)
+    assert len(connect) < 100
+    assert isinstance(Parser(268435455, 0, len(connect)).feed(connect)[0], Connect)
+    with pytest.raises(MQTTError):
+        Parser(268435455, 0, len(connect) - 1).feed(connect)
+
+
+def test_after_connect_the_packet_limit_is_max_packet_size_again() -> None:
+    """Only the CONNECT has the small limit; the packets after it, in the same feed or
+    byte by byte, have max_packet_size."""
+    big = encode_publish("t", b"x" * 5000, version=4)
+    stream = encode_connect("c", 4) + big + encode_pingreq()
+    got = Parser(268435455, 0, 1000).feed(stream)
+    assert [type(p) for p in got] == [Connect, Publish, Pingreq]
+    parser = Parser(268435455, 0, 1000)
+    out = []
+    for i in range(len(stream)):
+        out += parser.feed(stream[i:i + 1])
+    assert [type(p) for p in out] == [Connect, Publish, Pingreq]
+
+
+@pytest.mark.parametrize("pid", [c.REQUEST_PROBLEM_INFORMATION, c.REQUEST_RESPONSE_INFORMATION])
+def test_request_information_other_than_0_or_1(pid: int) -> None:
+    """5.0 §3.1.2.11.6-7: a value other than 0 or 1 is a Protocol Error."""
+    for value in (0, 1):
+        assert decode_one(encode_connect("c", 5, properties={pid: value})).properties == {
+            pid: value}
+    with pytest.raises(MQTTError) as exc:
+        Parser().feed(encode_connect("c", 5, properties={pid: 2}))
+    assert exc.value.reason_code == c.PROTOCOL_ERROR
+
+
+@pytest.mark.parametrize("topic", ["a/+", "#", "a/#/b", ""])
+def test_response_topic_is_a_topic_name(topic: str) -> None:
+    """[MQTT-3.3.2-14]: no wildcards in a Response Topic, in a PUBLISH or a will."""
+    with pytest.raises(MQTTError) as exc:
+        Parser(version=5).feed(encode_publish("t", b"", version=5,
+                                              properties={c.RESPONSE_TOPIC: topic}))
+    assert exc.value.reason_code == c.PROTOCOL_ERROR
+    with pytest.raises(MQTTError) as exc:
+        Parser().feed(encode_connect("c", 5, will_topic="w",
+                                     will_properties={c.RESPONSE_TOPIC: topic}))
+    assert exc.value.reason_code == c.PROTOCOL_ERROR

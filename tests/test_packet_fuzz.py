@@ -56,13 +56,15 @@ U8, U16, U32 = st.integers(0, 255), st.integers(0, 65535), st.integers(0, 2**32 
 VERSIONS = st.sampled_from([c.MQTT31, c.MQTT311, c.MQTT5])
 
 # Property value strategies by id (MQTT 5.0 §2.2.2.2).
+# Flags are 0 or 1 and a Response Topic is a topic name, or it is a Protocol Error.
+FLAG = st.integers(0, 1)
 VALUE: dict[int, st.SearchStrategy] = {
-    0x01: U8, 0x02: U32, 0x03: TEXT, 0x08: TEXT, 0x09: BYTES,
+    0x01: U8, 0x02: U32, 0x03: TEXT, 0x08: TOPIC, 0x09: BYTES,
     0x0B: st.lists(st.integers(1, 268435455), min_size=1, max_size=3),
-    0x11: U32, 0x12: TEXT, 0x13: U16, 0x15: TEXT, 0x16: BYTES, 0x17: U8, 0x18: U32, 0x19: U8,
-    0x1A: TEXT, 0x1C: TEXT, 0x1F: TEXT, 0x21: U16, 0x22: U16, 0x23: U16, 0x24: U8, 0x25: U8,
-    0x26: st.lists(st.tuples(TEXT, TEXT), min_size=1, max_size=3), 0x27: U32, 0x28: U8,
-    0x29: U8, 0x2A: U8,
+    0x11: U32, 0x12: TEXT, 0x13: U16, 0x15: TEXT, 0x16: BYTES, 0x17: FLAG, 0x18: U32,
+    0x19: FLAG, 0x1A: TEXT, 0x1C: TEXT, 0x1F: TEXT, 0x21: U16, 0x22: U16, 0x23: U16,
+    0x24: FLAG, 0x25: FLAG, 0x26: st.lists(st.tuples(TEXT, TEXT), min_size=1, max_size=3),
+    0x27: U32, 0x28: FLAG, 0x29: FLAG, 0x2A: FLAG,
 }
 ACK_IDS = (0x1F, 0x26)
 ALLOWED: dict[str, tuple[int, ...]] = {

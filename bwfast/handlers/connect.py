@@ -57,7 +57,12 @@ def handle_connect(conn: Connection, p: Any) -> None:
     will = None
     if p.will_topic is not None:
         if not valid_topic(p.will_topic):
-            conn.reject(c.TOPIC_NAME_INVALID, c.V3_NOT_AUTHORIZED)
+            if not v5:
+                # 3.1.1: a CONNECT that doesn't conform to §3.1 (a Will Topic is a
+                # Topic Name: no wildcards [MQTT-3.1.3-10], [MQTT-4.7.1-1]) closes
+                # the connection without a CONNACK [MQTT-3.1.4-1].
+                raise MQTTError(c.MALFORMED_PACKET, "will topic is not a valid topic name")
+            conn.reject(c.TOPIC_NAME_INVALID, c.V3_NOT_AUTHORIZED)  # the CONNACK code for it
             return
         if p.will_retain and not cfg.retain_available:
             conn.reject(c.RETAIN_NOT_SUPPORTED, c.V3_NOT_AUTHORIZED)
@@ -78,6 +83,16 @@ def handle_connect(conn: Connection, p: Any) -> None:
     if keepalive > cfg.max_keepalive or (keepalive == 0 and cfg.max_keepalive < 65535):
         if v5:
             server_keepalive = keepalive = cfg.max_keepalive  # [MQTT-3.2.2-21]
+    if not worker.quota.take():
+        # [broker] max_connections: v5 says why (Quota exceeded); 3.1.1 has no code
+        # for it, so the connection just closes, as Mosquitto's max_connections does.
+        worker.stats.refused += 1
+        if v5:
+            conn.reject(c.QUOTA_EXCEEDED, c.V3_SERVER_UNAVAILABLE)
+        else:
+            conn.close()
+        return
+    conn.counted = True
     # Whatever the client sends next waits until this CONNECT is through
     # (a password check off the loop, another worker letting go of the session).
     conn.held = []

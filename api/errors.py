@@ -31,16 +31,24 @@ class APIError(SanicException):
 
 
 class BadParameter(APIError):
-    """400. The reason is always ``Missing parameter:<name>`` (CONTRACT.md),
-    whether the field is absent or unusable; ``detail`` says which it was."""
+    """400 ``Invalid parameter:<name>``: the field is there but of the wrong type
+    or out of range (CONTRACT.md); ``detail`` says what a good value is."""
 
     status_code = 400
+    prefix = "Invalid parameter"
 
     def __init__(self, name: str, detail: str | None = None) -> None:
-        body = fail_body(f"Missing parameter:{name}")
+        body = fail_body(f"{self.prefix}:{name}")
         if detail:
             body["detail"] = detail
         super().__init__(body)
+
+
+class MissingParameter(BadParameter):
+    """400 ``Missing parameter:<name>`` (spec): the field is absent or empty;
+    ``detail`` says why when the body itself was unreadable."""
+
+    prefix = "Missing parameter"
 
 
 class NoCredentials(APIError):

@@ -48,7 +48,8 @@ PUBLISH = {"topic": {**STR, "description": "topic name, no wildcards"}, "message
            "QoS": {**QOS, "description": "also accepted as qos"}, "retain": FLAG}
 
 AUTH_ERRORS = {
-    "400": _json(_ref("Fail"), "Missing or bad parameter: `Missing parameter:<name>`"),
+    "400": _json(_ref("Fail"), "`Missing parameter:<name>` (absent or empty) or "
+                               "`Invalid parameter:<name>` (wrong type or out of range)"),
     "401": _json(_ref("AuthFail"), "`Authorization Credentials not provided` or "
                                    "`Invalid Access Token`"),
 }
@@ -95,6 +96,43 @@ HISTORY = [
 ]
 
 
+ACCESS = {"type": "string", "enum": ["read", "write", "readwrite", "deny"]}
+ACL_WHO = {
+    "username": {**STR, "description": "the rule is for this username"},
+    "clientid": {**STR, "description": "the rule is for this client id"},
+    "pattern": {"type": "boolean", "enum": [True],
+                "description": "the rule is for everyone; %u and %c in topic are substituted"},
+}
+ACL_RULE = _fields(["topic"], **ACL_WHO, topic={**STR, "description": "topic filter"},
+                   access=ACCESS)
+ACL_RULE["description"] = "exactly one of username, clientid, pattern"
+ACL_CHANGED = {**_ok(_fields([], **{"bwapi-status": STR, "bwapi-status-reason": STR,
+                                    "detail": {**STR, "description": "workers that did not "
+                                               "confirm the reload (they reload on restart)"}}))}
+
+
+def _acl_paths() -> dict[str, Any]:
+    return {
+        f"{BASE}/add_acl": {"post": _op(
+            "Add an ACL rule (or change the access of the same who and topic); applies at once",
+            ACL_CHANGED, body={**ACL_RULE, "required": ["topic", "access"]})},
+        f"{BASE}/remove_acl": {"post": _op(
+            "Remove an ACL rule (access, when given, must match)",
+            {**ACL_CHANGED, "404": _json(_ref("Fail"), "`No such ACL rule`")}, body=ACL_RULE)},
+        f"{BASE}/acls/": {"get": _op(
+            "Run-time ACL rules, all or of one username / client id", _ok(_listing(
+                "acls", _fields(["kind", "who", "topic", "access"], kind={
+                    "type": "string", "enum": ["username", "clientid", "pattern"]},
+                    who=STR, topic=STR, access=ACCESS))),
+            params=[_query("username", "only this username's rules"),
+                    _query("clientid", "only this client id's rules")])},
+        f"{BASE}/kick": {"post": _op(
+            "Disconnect a client (v5: DISCONNECT 0x98); its will is published",
+            {**_ok(_ref("Ok")), "404": _json(_ref("Fail"), "`Client not connected:<clientid>`")},
+            body=_fields(["clientid"], clientid=STR))},
+    }
+
+
 def _paths() -> dict[str, Any]:
     sent = _ok(_ref("Ok"))
     return {
@@ -120,11 +158,12 @@ def _paths() -> dict[str, Any]:
                                      "409": _status("`Username already exist`")},
             body=_fields(["username", "password"], username=STR, password=STR))},
         f"{BASE}/edit_auth": {"post": _op(
-            "Change a user's password", {**_ok(_fields([], status=_ref("Ok"))),
+            "Change a user's password; disconnects that user's live connections", {**_ok(_fields([], status=_ref("Ok"))),
                                          "404": _status("unknown username")},
             body=_fields(["username", "new_password"], username=STR, new_password=STR))},
         f"{BASE}/remove_auth": {"post": _op(
-            "Remove MQTT credentials (the password, when given, must match)",
+            "Remove MQTT credentials (the password, when given, must match); disconnects "
+            "that user's live connections",
             {**_ok(_fields([], status=_ref("Ok"))),
              "404": _status("`This username does not exist.`")},
             body=_fields(["username"], username=STR, password=STR))},
@@ -168,6 +207,7 @@ def _paths() -> dict[str, Any]:
             "Number of connected clients", _ok(_fields(["count"], count={"type": "integer"})))},
         f"{BASE}/openapi.json": {"get": _op("This document", _ok({"type": "object"}),
                                             secured=False)},
+        **_acl_paths(),
     }
 
 

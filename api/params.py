@@ -1,11 +1,16 @@
 """Request fields: a JSON object body, form fields or query parameters.
 
 The spec sends POST parameters as "raw data in body" (a JSON object), but
-CONTRACT.md accepts form fields and query parameters too. Precedence, lowest
-first: query, form, JSON. A body that is neither a form nor a JSON object is
-ignored (its fields are then "missing"), and the 400 says so in ``detail``.
+CONTRACT.md accepts form fields and query parameters too, for GET as well
+(the spec's own GET examples send a body; those routes are declared with
+``ignore_body=False`` so Sanic reads it). Precedence, lowest first: query,
+form, JSON. A body that is neither a form nor a JSON object is ignored (its
+fields are then "missing"), and the 400 says so in ``detail``.
+
 Every value is checked here, so a handler only ever sees well-typed values
-and bad input can't reach a code path that would answer 5xx.
+and bad input can't reach a code path that would answer 5xx. An absent or
+empty field is ``Missing parameter:<name>``; one of the wrong type or out of
+range is ``Invalid parameter:<name>`` (CONTRACT.md).
 """
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ from typing import Any
 
 from sanic.request import Request
 
-from api.errors import BadParameter
+from api.errors import BadParameter, MissingParameter
 
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 MAX_TEXT = 65535  # MQTT UTF-8 strings carry a 2-byte length [MQTT-1.5.4]
@@ -41,8 +46,7 @@ class Params:
         self.body_note: str | None = None
         for key in request.args:
             self.values[key] = request.args.get(key)
-        if request.method in ("POST", "PUT", "PATCH"):
-            self._read_body(request)
+        self._read_body(request)
 
     def _read_body(self, request: Request) -> None:
         """A JSON object whatever the Content-Type says (``curl -d '{...}'``
@@ -68,8 +72,8 @@ class Params:
             for key in form:
                 self.values[key] = form.get(key)
 
-    def _missing(self, name: str) -> BadParameter:
-        return BadParameter(name, self.body_note)
+    def _missing(self, name: str) -> MissingParameter:
+        return MissingParameter(name, self.body_note)
 
     def raw(self, *names: str) -> tuple[str, Any] | None:
         """The first of ``names`` present, with its value."""
@@ -91,7 +95,7 @@ class Params:
             raise BadParameter(name, f"{name} must be a string")
         if not value and not allow_empty:
             if required:
-                raise BadParameter(name, f"{name} must not be empty")
+                raise MissingParameter(name, f"{name} must not be empty")
             return None
         if not _utf8(value) or len(value.encode("utf-8")) > max_bytes:
             raise BadParameter(name, f"{name} must be valid UTF-8 of at most {max_bytes} bytes")

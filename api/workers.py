@@ -137,5 +137,28 @@ class Workers:
         return [a["count"] if a is not None and a.get("ok") and isinstance(a.get("count"), int)
                 else None for a in answers]
 
+    async def broadcast(self, command: str, args: dict[str, Any]) -> list[dict[str, Any] | None]:
+        """Every worker's answer to one command (None where one did not answer)."""
+        return list(await asyncio.gather(*(link.request(command, args) for link in self.links)))
+
+    async def kick(self, clientid: str) -> bool:
+        """Disconnect ``clientid`` wherever it is connected; False if nowhere."""
+        answers = await self.broadcast("kick", {"clientid": clientid})
+        return any(a is not None and a.get("ok") for a in answers)
+
+    async def kick_user(self, username: str) -> int:
+        """Disconnect every live connection of ``username``; how many there were.
+        A worker that does not answer in time keeps its connections of that
+        user (they are refused at their next CONNECT); the call still succeeds."""
+        answers = await self.broadcast("kick_user", {"username": username})
+        return sum(a["count"] for a in answers
+                   if a is not None and a.get("ok") and isinstance(a.get("count"), int))
+
+    async def acl_reload(self) -> int:
+        """Tell every worker to re-read the ACL; how many did not confirm. A
+        worker that is down reads the rules when it starts again."""
+        answers = await self.broadcast("acl_reload", {})
+        return sum(1 for a in answers if a is None or not a.get("ok"))
+
     async def close(self) -> None:
         await asyncio.gather(*(link.close() for link in self.links))

@@ -274,6 +274,12 @@ class ClientAcl:
         cache[topic] = bits
         return bits
 
+    def known_writable(self, topic: str) -> bool:
+        """A decision already made allows writing ``topic`` (the fast lane asks this
+        and leaves anything else to the general path, which decides and caches)."""
+        return (self.generation == self.rules.generation
+                and bool(self.cache.get(topic, 0) & WRITE))
+
     def may_read(self, topic: str) -> bool:
         return bool(self.allowed(topic) & READ)
 

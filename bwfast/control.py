@@ -9,6 +9,16 @@ and answers ``["reply", id, result]`` on the same connection. Commands:
 - ``send_all`` {topic, message, qos, retain}: an ordinary publish, as if a
   client had sent it (a retained one is stored).
 - ``count``: clients connected to this worker.
+- ``kick`` {clientid}: disconnect that client if it is connected here (v5:
+  DISCONNECT 0x98 Administrative action); ``{"ok": False}`` when it is not.
+- ``kick_user`` {username}: disconnect every connection here that
+  authenticated as that username (its credentials were removed or changed);
+  ``{"ok": True, "count": n}``.
+- ``acl_reload``: re-read the acl_file and the LMDB ``acl`` rules (after a REST
+  or CLI change); ``{"ok": True, "generation": n}``, or ``{"ok": False,
+  "generation": n, "error": ...}`` when the acl_file is bad (its previous rules
+  are kept, the LMDB rules are applied all the same). ``generation`` is 0 with
+  ``[acl] enabled = false``.
 """
 from __future__ import annotations
 
@@ -20,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
+from bwfast.codes import ADMINISTRATIVE_ACTION
 from bwfast.message import Message
 from bwfast.topics import valid_topic
 
@@ -75,8 +86,15 @@ class _ControlLink(asyncio.Protocol):
 
 def run_command(worker: Worker, command: str, args: dict) -> tuple[dict, int]:
     """Run one API command; return (result, seq of peer confirmations to wait for)."""
+    if command in KICKS:
+        return KICKS[command](worker, args), 0
     if command == "count":
         return {"ok": True, "count": worker.sessions.connected_count()}, 0
+    if command == "acl_reload":
+        generation, error = worker.reload_acl()
+        if error:
+            return {"ok": False, "generation": generation, "error": error}, 0
+        return {"ok": True, "generation": generation}, 0
     topic = args.get("topic", "")
     if not isinstance(topic, str) or not valid_topic(topic):
         return {"ok": False, "error": "invalid topic"}, 0
@@ -96,6 +114,41 @@ def run_command(worker: Worker, command: str, args: dict) -> tuple[dict, int]:
         delivered, seq = worker.publish(msg, confirm=True)
         return {"ok": True, "delivered": delivered}, seq
     return {"ok": False, "error": f"unknown command {command}"}, 0
+
+
+def kick(worker: Worker, args: dict) -> dict:
+    """Disconnect one client as an administrator would (EMQX's kick): v5 gets
+    DISCONNECT 0x98, v3 is closed. The client did not disconnect gracefully,
+    so its will is published (after its Will Delay), as EMQX does on a kick."""
+    session = worker.sessions.sessions.get(args.get("clientid", ""))
+    if session is None or session.conn is None or session.conn.closing:
+        return {"ok": False}
+    conn = session.conn
+    log.info("kicking client %r", session.client_id)
+    conn.disconnect(ADMINISTRATIVE_ACTION, "kicked by the administrator")
+    return {"ok": True}
+
+
+def kick_user(worker: Worker, args: dict) -> dict:
+    """Disconnect every connection of a username whose credentials were removed
+    or changed. No will: like Mosquitto's dynamic security (deleteClient,
+    setClientPassword kick "without will"), a revoked device publishes nothing
+    more. A CONNECT still in progress for that username is closed too."""
+    username = args.get("username")
+    if not isinstance(username, str):
+        return {"ok": False, "error": "username must be a string"}
+    count = 0
+    for conn in list(worker.conns):
+        if conn.username == username and not conn.closing:
+            conn.will_on_close = False
+            conn.disconnect(ADMINISTRATIVE_ACTION, "credentials revoked")
+            count += 1
+    if count:
+        log.info("disconnected %d connection(s) of user %r", count, username)
+    return {"ok": True, "count": count}
+
+
+KICKS = {"kick": kick, "kick_user": kick_user}
 
 
 async def start_control(worker: Worker, run_dir: str) -> asyncio.AbstractServer:

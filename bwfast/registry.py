@@ -16,6 +16,7 @@ from bwfast.message import Message
 from bwfast.session import NEVER_EXPIRES, Session, SubOpts
 
 if TYPE_CHECKING:
+    from bwfast.acl import ClientAcl
     from bwfast.protocol import Connection
     from bwfast.worker import Worker
 
@@ -96,6 +97,7 @@ class SessionRegistry:
         session.next_pid = rec.get("p", 1)
         session.disconnected_at = dc
         session.stored = True
+        session.set_user(rec.get("u"))
         for filt, opts in rec["s"].items():
             o = SubOpts.from_record(opts)
             session.subs[filt] = o
@@ -170,6 +172,7 @@ class SessionRegistry:
             self.sessions[cid] = session
         session.conn = conn
         session.live = False  # nothing goes out before the CONNACK [MQTT-3.2.0-1]
+        session.set_user(conn.username)
         self.worker.router.invalidate()
         session.version = conn.version
         session.expiry = expiry
@@ -233,7 +236,8 @@ class SessionRegistry:
         key = session.client_id.encode()
         if will is not None:
             self.worker.store.put("wills", key, {"m": will.to_record(), "d": delay,
-                                                 "t": int(time.time() * 1000)})
+                                                 "t": int(time.time() * 1000),
+                                                 "u": session.username})
         elif had or (replace and self.worker.store.get("wills", key) is not None):
             # replace: a CONNECT supersedes any will left from before (a crashed worker's)
             self.worker.store.delete("wills", key)
@@ -245,9 +249,14 @@ class SessionRegistry:
             session.will_handle.cancel()
             session.will_handle = None
         if will is not None:
-            self._publish_will_message(will)
+            self._publish_will_message(will, session.acl)
 
-    def _publish_will_message(self, will: Message) -> None:
+    def _publish_will_message(self, will: Message, acl: ClientAcl | None) -> None:
+        if acl is not None and not acl.may_write(will.topic):
+            # Checked when published, like any PUBLISH (CONTRACT.md, "Access control").
+            self.worker.stats.denied += 1
+            log.debug("will of %s to %s denied", will.origin, will.topic)
+            return
         now = time.time()
         will.created = now
         if will.expiry_at < 0:  # the Will's Message Expiry Interval runs from now
@@ -267,7 +276,9 @@ class SessionRegistry:
             if session is not None and session.conn is not None:
                 continue
             self.worker.store.delete("wills", key)
-            self._publish_will_message(Message.from_record(rec["m"]))
+            rules = self.worker.acl_rules
+            acl = rules.for_client(rec.get("u"), cid) if rules is not None else None
+            self._publish_will_message(Message.from_record(rec["m"]), acl)
             n += 1
         return n
 
@@ -330,6 +341,7 @@ class SessionRegistry:
             "d": session.disconnected_at if session.conn is None else 0,
             "p": session.next_pid,
             "f": session.adopted_from,  # >= 0: taken from that dead worker a moment ago
+            "u": session.username,      # the ACL decides on it while the client is away
         })
         session.stored = True
 

@@ -44,14 +44,17 @@ class SharedGroup:
         self.order: list[str] = []
         self.next = 0
 
-    def pick(self) -> tuple[Session, SubOpts] | None:
-        """The next member, preferring connected ones; None if the group is empty."""
+    def pick(self, topic: str) -> tuple[Session, SubOpts] | None:
+        """The next member that may read ``topic``, preferring connected ones; None if
+        there is none."""
         order = self.order
         n = len(order)
         fallback = None
         for i in range(n):
             cid = order[(self.next + i) % n]
             member = self.members[cid]
+            if member[0].acl is not None and member[0].denied(topic):
+                continue
             if member[0].conn is not None:
                 self.next = (self.next + i + 1) % n
                 return member
@@ -60,6 +63,13 @@ class SharedGroup:
         if fallback is not None:
             self.next = (self.next + 1) % n
         return fallback
+
+    def pick_would_fail(self, topic: str) -> bool:
+        """No member may read ``topic`` (with the ACL off, never)."""
+        for session, _ in self.members.values():
+            if session.acl is None or not session.denied(topic):
+                return False
+        return True
 
 
 class Router:
@@ -104,6 +114,8 @@ class Router:
                         session, opts = value.members[member]
                         if not _plain(session, opts):
                             return plan
+                        if session.acl is not None and session.denied(topic):
+                            continue  # the ACL's generation moving drops this plan
                         slot.local.append((session.conn, history.command_ring(member), member,
                                            session.version == 5))
                     if slot.local:
@@ -112,6 +124,8 @@ class Router:
                 session, opts = value
                 if not _plain(session, opts):
                     return plan
+                if session.acl is not None and session.denied(topic):
+                    continue
                 if cid in clients:
                     continue  # overlapping subscriptions: one copy [MQTT-3.3.4-2]
                 clients.add(cid)
@@ -131,6 +145,8 @@ class Router:
             plan.peers = sorted(peers)
         if len(plan.groups) > MAX_GROUPS:
             return plan
+        # A group whose members here may not read the topic, and no peer has members.
+        plan.groups = [slot for slot in plan.groups if slot.local or slot.peers]
         for slot in plan.groups:
             slot.peers.sort()
         plan.ok = True
@@ -235,6 +251,8 @@ class Router:
         sink: dict[tuple[str, str], SharedGroup] = {}
         n = self._deliver(matched, msg, SHARED_COLLECT, sink)
         for grp in sink.values():
+            if grp.pick_would_fail(msg.topic):
+                continue  # none of its members here may read it: a peer's members may
             candidates.setdefault((grp.name, grp.filter), []).append(grp)
         for gkey, cands in candidates.items():
             i = self._rr.get(gkey, 0)
@@ -260,7 +278,7 @@ class Router:
         return n
 
     def _deliver_group(self, grp: SharedGroup, msg: Message) -> int:
-        member = grp.pick()
+        member = grp.pick(msg.topic)
         if member is None:
             return 0
         session, opts = member

@@ -15,6 +15,7 @@ from bwfast.message import Message
 from bwfast.packet import encode_ack
 
 if TYPE_CHECKING:
+    from bwfast.acl import ClientAcl
     from bwfast.protocol import Connection
     from bwfast.worker import Worker
 
@@ -57,7 +58,7 @@ class Session:
     __slots__ = ("client_id", "worker", "version", "expiry", "subs", "inflight", "queue",
                  "qos2_in", "conn", "next_pid", "seq", "receive_max", "max_packet",
                  "will", "will_delay", "will_handle", "expiry_handle", "disconnected_at",
-                 "stored", "live", "moved_to", "seen", "adopted_from")
+                 "stored", "live", "moved_to", "seen", "adopted_from", "username", "acl")
 
     def __init__(self, client_id: str, worker: Worker) -> None:
         self.client_id = client_id
@@ -85,14 +86,37 @@ class Session:
         self.moved_to = -1                   # >= 0: handed over to that worker, forward there
         self.seen: set[int] | None = None    # while moving here: ids of messages delivered
         self.adopted_from = -1               # >= 0: just taken from that dead worker
+        self.username: str | None = None     # of the client's last CONNECT (kept in LMDB)
+        self.acl: ClientAcl | None = None    # [acl] enabled: what this client may read
 
     @property
     def persistent(self) -> bool:
         return self.expiry > 0
 
     # -- delivery -------------------------------------------------------------------
+    def set_user(self, username: str | None) -> None:
+        """The client's username: what the ACL decides on (the session keeps it while
+        offline, so its queue is checked the same way)."""
+        self.username = username
+        rules = self.worker.acl_rules
+        if rules is not None:
+            self.acl = rules.for_client(username, self.client_id)
+
+    def denied(self, topic: str) -> bool:
+        """May this client not read ``topic`` (CONTRACT.md, "Access control")?"""
+        acl = self.acl
+        return acl is not None and not acl.may_read(topic)
+
     def deliver(self, msg: Message, qos: int, retain: bool, sub_ids: list[int] | None) -> None:
-        """Hand one message to this session with the subscription's QoS already applied."""
+        """Hand one message to this session with the subscription's QoS already applied.
+
+        Every delivery comes here (routed, forwarded by a peer, retained on
+        subscribe, wills, $SYS), so this is where a topic the client may not
+        read is held back: a wide filter never leaks a denied topic.
+        """
+        acl = self.acl
+        if acl is not None and not acl.may_read(msg.topic):
+            return
         if self.moved_to >= 0:
             # Handed over to another worker that is still taking over our routes.
             self.worker.forward_to_session(self.moved_to, self, msg, qos, retain, sub_ids)
@@ -206,7 +230,9 @@ class Session:
         while queue and len(self.inflight) < self.receive_max:
             entry = queue.popleft()
             msg = entry[1]
-            if msg.expired(now):  # [MQTT-3.3.2-5]: an expired message is not delivered
+            if msg.expired(now) or self.denied(msg.topic):
+                # [MQTT-3.3.2-5]: an expired message is not delivered; nor one the
+                # rules deny now (they may have changed while it waited).
                 if entry[5]:
                     self.worker.store.delete("queue", queue_key(self.client_id, entry[5]))
                 continue
@@ -263,6 +289,9 @@ class Session:
         for pid, entry in list(self.inflight.items()):
             if entry[0] == AWAIT_COMP:
                 conn.write(encode_ack(PUBREL, pid, 0, self.version))
+            elif self.denied(entry[1].topic):
+                del self.inflight[pid]  # the rules changed while it waited: not sent again
+                self._forget(entry)
             else:
                 self._send(conn, entry[1], entry[2], entry[3], pid, entry[4], dup=True)
         self.pump()

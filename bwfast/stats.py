@@ -15,7 +15,7 @@ def compiled_modules() -> str:
 
 class Stats:
     __slots__ = ("msgs_received", "msgs_sent", "bytes_received", "bytes_sent", "dropped",
-                 "protocol_errors", "connects", "forwarded", "started")
+                 "protocol_errors", "connects", "forwarded", "denied", "started")
 
     def __init__(self) -> None:
         self.msgs_received = 0
@@ -26,6 +26,7 @@ class Stats:
         self.protocol_errors = 0
         self.connects = 0
         self.forwarded = 0  # copies sent to peer workers (one per peer with a match)
+        self.denied = 0     # PUBLISHes and wills the ACL refused
         self.started = time.time()
 
     def snapshot(self) -> dict[str, int]:
@@ -49,6 +50,7 @@ def sys_topics(totals: dict[str, int], connected: int, sessions: int, subscripti
         "$SYS/broker/publish/messages/sent": str(totals["msgs_sent"]),
         "$SYS/broker/publish/messages/dropped": str(totals["dropped"]),
         "$SYS/broker/publish/messages/forwarded": str(totals.get("forwarded", 0)),
+        "$SYS/broker/messages/denied": str(totals.get("denied", 0)),
         "$SYS/broker/bytes/received": str(totals["bytes_received"]),
         "$SYS/broker/bytes/sent": str(totals["bytes_sent"]),
         "$SYS/broker/subscriptions/count": str(subscriptions),

@@ -16,6 +16,7 @@ import time
 from multiprocessing.connection import wait
 from typing import TYPE_CHECKING, Any
 
+from bwfast.acl import AclError, read_acl_file
 from bwfast.config import validate_tls_files
 from bwfast.errors import ConfigError
 from bwfast.store import Store, StoreError
@@ -63,6 +64,12 @@ def preflight(cfg: Config) -> None:
         raise StartupError(str(e)) from e
     if cfg.api.enabled:
         _check_port(cfg.api.host, cfg.api.port, "[api] port")
+    if cfg.acl.enabled and cfg.acl.file:
+        try:
+            read_acl_file(cfg.acl.file)  # a bad line: one line naming the file and line
+        except AclError as e:
+            msg = str(e)
+            raise StartupError(msg if msg.startswith("[acl]") else f"[acl] file: {msg}") from e
     os.makedirs(b.data_dir, exist_ok=True)
     try:
         Store(b.data_dir, sync=cfg.persistence.sync).close()
@@ -99,6 +106,8 @@ class Child:
 
 def _child_main(name: str, target, args: tuple) -> None:  # type: ignore[no-untyped-def]
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides; children get SIGTERM
+    # SIGHUP reloads the ACL: workers install their own handler; the API ignores it.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     mp.current_process().name = name
     target(*args)
@@ -130,8 +139,19 @@ def run(cfg: Config) -> int:
         nonlocal stopping
         stopping = True
 
+    def on_hup(signum: int, frame: object) -> None:
+        """Reload the ACL (acl_file and LMDB rules): every worker re-reads them."""
+        for child in children:
+            proc = child.proc
+            if child.target is run_worker and proc is not None and proc.pid and proc.is_alive():
+                try:
+                    os.kill(proc.pid, signal.SIGHUP)
+                except ProcessLookupError:
+                    pass
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hup)
 
     for child in children:
         child.start(ctx)

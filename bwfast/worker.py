@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from bwfast import codes as c
+from bwfast.acl import AclError, Rule, Rules, read_acl_file, stored_rules
 from bwfast.auth import VerifiedCache, verify_password
 from bwfast.cluster import Cluster
 from bwfast.control import start_control
@@ -87,6 +88,12 @@ class Worker:
         self.stopped = asyncio.Event()
         self.lane = Lane(self, nworkers, cfg.broker.max_packet_size)
         self.lane.slow_forwarded = self._slow_forwarded
+        # [acl] enabled: every session gets a ClientAcl over these rules (None: no checks).
+        self.acl_rules: Rules | None = None
+        self._acl_file_rules: list[Rule] = []
+        if cfg.acl.enabled:
+            self.acl_rules = Rules(cfg.acl.default == "allow")
+            self.reload_acl()
 
     # -- start / stop -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -236,6 +243,29 @@ class Worker:
             conn.write(data)
             if then is not None:
                 then()
+
+    # -- access control -----------------------------------------------------------------------
+    def reload_acl(self) -> tuple[int, str]:
+        """Re-read the acl_file and the LMDB rules (SIGHUP, the ``acl_reload`` control
+        command); return (generation, error). A bad acl_file keeps its previous rules.
+
+        Decisions cached per client go stale with the generation, and the fast
+        lane's plans (which leave out subscribers that may not read) are dropped,
+        so the change applies to the next message, live subscriptions included.
+        """
+        rules = self.acl_rules
+        if rules is None:
+            return 0, ""
+        error = ""
+        if self.cfg.acl.file:
+            try:
+                self._acl_file_rules = read_acl_file(self.cfg.acl.file)
+            except AclError as e:
+                error = str(e)
+                log.error("acl_file not reloaded, previous rules kept: %s", error)
+        rules.load(self._acl_file_rules + stored_rules(self.store))
+        self.router.invalidate()
+        return rules.generation, error
 
     # -- subscriptions and routes ---------------------------------------------------------------------
     def subscribe(self, session: Any, filt: str, opts: Any) -> None:
@@ -412,6 +442,7 @@ def run_worker(cfg: Config, index: int = 0, nworkers: int = 1) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(worker.stop()))
+        loop.add_signal_handler(signal.SIGHUP, worker.reload_acl)  # the supervisor forwards it
         await worker.stopped.wait()
 
     uvloop.run(main())

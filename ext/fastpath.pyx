@@ -23,6 +23,11 @@ members and the peers that have members; each message goes to one
 candidate, round robin, and a peer chosen for a group gets the packet with
 the group named in its bus item (MQTT 5.0 §4.8.2).
 
+With ``[acl] enabled`` a plan leaves out every subscriber that may not read
+its topic (plans are dropped when the rules change), and a publisher's
+packet is taken only when its write permission on the topic is already
+known (a cached decision); the general path decides the first one.
+
 A plan is *ok* only when nothing about the delivery needs the general path:
 no no-local, subscription identifier, topic alias or
 maximum packet size on a subscriber, every subscriber connected and live
@@ -272,6 +277,9 @@ cdef class Lane:
         cdef object ring = None, obj, wall, topic = None
         cdef int peer
         cdef Py_ssize_t c, nlocal
+        # The publisher's ACL (None when [acl] is off): checked once per topic change;
+        # a topic not yet known writable goes to the general path, which decides.
+        cdef object acl = session.acl
         wall = self.worker.wall
         self.call += 1
         while pos < n:
@@ -282,6 +290,9 @@ cdef class Lane:
             if plan is None or tl != last_tl or memcmp(t, last_t, tl) != 0:
                 plan = self._plan(t, tl)
                 if plan is None or not plan.ok:
+                    break
+                if acl is not None and not acl.known_writable(plan.topic):
+                    plan = None
                     break
                 last_t = t
                 last_tl = tl

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-from mqtt_helpers import V5, V311, RawClient
+from mqtt_helpers import V5, V311, RawClient, parse_disconnect
 from test_api_support import (
     ADMIN,
     ADMIN_PASSWORD,
@@ -111,24 +111,24 @@ def test_credential_failures(api: ApiBroker) -> None:
     assert (r.status_code, r.json()) == (
         404, status(False, f"Failed to update Authentication Credentials. '{ghost}'"))
     cases: list[tuple[str, dict[str, Any], str]] = [
-        ("add_auth", {"password": "p"}, "username"),
-        ("add_auth", {"username": ghost}, "password"),
-        ("add_auth", {"username": ghost, "password": ""}, "password"),
-        ("add_auth", {"username": 12, "password": "p"}, "username"),
-        ("add_auth", {"username": "a\x00b", "password": "p"}, "username"),
-        ("add_auth", {"username": "u" * 600, "password": "p"}, "username"),
-        ("add_auth", {"username": ghost, "password": ["p"]}, "password"),
-        ("edit_auth", {"username": ghost}, "new_password"),
-        ("edit_auth", {"new_password": "x"}, "username"),
-        ("remove_auth", {}, "username"),
-        ("remove_auth", {"username": {"a": 1}}, "username"),
+        ("add_auth", {"password": "p"}, "Missing parameter:username"),
+        ("add_auth", {"username": ghost}, "Missing parameter:password"),
+        ("add_auth", {"username": ghost, "password": ""}, "Missing parameter:password"),
+        ("add_auth", {"username": 12, "password": "p"}, "Invalid parameter:username"),
+        ("add_auth", {"username": "a\x00b", "password": "p"}, "Invalid parameter:username"),
+        ("add_auth", {"username": "u" * 600, "password": "p"}, "Invalid parameter:username"),
+        ("add_auth", {"username": ghost, "password": ["p"]}, "Invalid parameter:password"),
+        ("edit_auth", {"username": ghost}, "Missing parameter:new_password"),
+        ("edit_auth", {"new_password": "x"}, "Missing parameter:username"),
+        ("remove_auth", {}, "Missing parameter:username"),
+        ("remove_auth", {"username": {"a": 1}}, "Invalid parameter:username"),
     ]
-    for path, fields, name in cases:
+    for path, fields, reason in cases:
         r = api.post(path, **fields)
         assert r.status_code == 400, (path, fields, r.text)
         body = r.json()
-        assert (body["bwapi-status"], body["bwapi-status-reason"]) == (
-            "fail", f"Missing parameter:{name}"), (path, fields)
+        assert (body["bwapi-status"], body["bwapi-status-reason"]) == ("fail", reason), (
+            path, fields)
     # form fields work too, and `password` is accepted for edit_auth's new_password
     r = api.http.post(f"{BASE}/add_auth", headers=api.auth(),
                       data={"username": ghost, "password": "p1"})
@@ -137,6 +137,67 @@ def test_credential_failures(api: ApiBroker) -> None:
     assert r.status_code == 200, r.text
     assert_connects(api, ghost, "p2", ok=True)
     assert api.post("remove_auth", username=ghost).status_code == 200
+
+
+def _live_connections(api: ApiBroker, user: str, password: str, n: int = 4,
+                      will_topic: str | None = None) -> list[RawClient]:
+    """At least n connections of `user`, v3.1.1 and v5 alternately, on every worker."""
+    conns: list[RawClient] = []
+    pids: set[int] = set()
+    while len(conns) < n or len(pids) < WORKERS:
+        assert len(conns) < 40, f"connections landed on {len(pids)} of {WORKERS} workers only"
+        version = V5 if len(conns) % 2 else V311
+        c = RawClient("127.0.0.1", api.port, version=version)
+        conns.append(c)
+        pids.add(owner_pid(api.broker, c.sock))
+        ack = c.connect(f"live-{uuid.uuid4().hex[:10]}", username=user,
+                        password=password.encode(), will_topic=will_topic,
+                        will_payload=b"revoked-will")
+        assert ack.rc == 0
+    return conns
+
+
+def _assert_revoked(conns: list[RawClient]) -> None:
+    """Every connection closed by the broker: v5 after DISCONNECT 0x98
+    (Administrative action), v3.1.1 without a packet."""
+    for c in conns:
+        got = c.wait_closed()
+        if c.version == V5:
+            assert [parse_disconnect(p, V5).rc for p in got] == [0x98], got
+        else:
+            assert got == [], got
+        c.close()
+
+
+@pytest.mark.parametrize("call", ["remove_auth", "edit_auth"])
+def test_revoking_credentials_disconnects_live_connections(api: ApiBroker, call: str) -> None:
+    user, other = f"rev-{uuid.uuid4().hex[:6]}", f"keep-{uuid.uuid4().hex[:6]}"
+    for name in (user, other):
+        assert api.post("add_auth", username=name, password="pw").status_code == 200
+    will_topic = f"revoked/{user}/will"
+    watcher = RawClient("127.0.0.1", api.port, version=V311)
+    assert watcher.connect(f"w-{user}", username=other, password=b"pw").rc == 0
+    assert watcher.subscribe(will_topic, 0).codes == [0]
+    conns = _live_connections(api, user, "pw", will_topic=will_topic)
+    if call == "remove_auth":
+        r = api.post("remove_auth", username=user)
+        assert (r.status_code, r.json()) == (
+            200, status(True, f"Removed Authentication Credentials. '{user}'"))
+    else:
+        r = api.post("edit_auth", username=user, new_password="pw-new")
+        assert (r.status_code, r.json()) == (
+            200, status(True, f"Updated Authentication Credentials. '{user}'"))
+    _assert_revoked(conns)
+    # the other user stays connected; a revoked device publishes no will
+    # (as Mosquitto's dynamic security kicks "without will")
+    watcher.expect_nothing(0.5)
+    assert watcher.is_open()
+    watcher.close()
+    assert_connects(api, user, "pw", ok=False)
+    if call == "edit_auth":
+        assert_connects(api, user, "pw-new", ok=True)
+        assert api.post("remove_auth", username=user).status_code == 200
+    assert api.post("remove_auth", username=other).status_code == 200
 
 
 def _passwd(api: ApiBroker, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

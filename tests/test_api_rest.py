@@ -2,7 +2,7 @@
 API process of a running broker (2 workers, and 1), with paho devices.
 
 Shapes follow CONTRACT.md: `bwapi-status` / `bwapi-status-reason`, 400 for a
-missing or bad parameter (`Missing parameter:<name>`), 401 for no or a bad
+missing parameter (`Missing parameter:<name>`) or a bad one (`Invalid parameter:<name>`), 401 for no or a bad
 token, 404 for an unknown client, 413 for a body over 1 MB.
 """
 
@@ -107,7 +107,7 @@ def test_login_failures(api: ApiBroker) -> None:
     r = api.http.post(f"{BASE}/login", json={"password": "x"})
     assert (r.status_code, r.json()) == (400, fail("Missing parameter:username"))
     r = api.http.post(f"{BASE}/login", json={"username": ADMIN, "password": 5})
-    assert r.status_code == 400 and r.json()["bwapi-status-reason"] == "Missing parameter:password"
+    assert r.status_code == 400 and r.json()["bwapi-status-reason"] == "Invalid parameter:password"
     r = api.http.post(f"{BASE}/login", json={"username": ADMIN, "password": "wrong"})
     assert (r.status_code, r.json()) == (401, fail("Invalid Login"))
 
@@ -214,31 +214,34 @@ def test_send_client_offline_or_unknown_is_404(api: ApiBroker, devices: Devices)
         assert (r.status_code, r.json()) == (404, NOT_DELIVERED)
 
 
-@pytest.mark.parametrize("fields, name", [
-    ({"topic": "a", "message": "m"}, "clientid"),
-    ({"clientid": "c", "message": "m"}, "topic"),
-    ({"clientid": "c", "topic": "a"}, "message"),
-    ({"clientid": 5, "topic": "a", "message": "m"}, "clientid"),
-    ({"clientid": "", "topic": "a", "message": "m"}, "clientid"),
-    ({"clientid": "c", "topic": "a/+", "message": "m"}, "topic"),
-    ({"clientid": "c", "topic": "a/#", "message": "m"}, "topic"),
-    ({"clientid": "c", "topic": "", "message": "m"}, "topic"),
-    ({"clientid": "c", "topic": ["a"], "message": "m"}, "topic"),
-    ({"clientid": "c", "topic": "a", "message": 12}, "message"),
-    ({"clientid": "c", "topic": "a", "message": None}, "message"),
-    ({"clientid": "c", "topic": "a", "message": "m", "QoS": 3}, "QoS"),
-    ({"clientid": "c", "topic": "a", "message": "m", "QoS": "high"}, "QoS"),
-    ({"clientid": "c", "topic": "a", "message": "m", "qos": -1}, "qos"),
-    ({"clientid": "c", "topic": "a", "message": "m", "QoS": True}, "QoS"),
-    ({"clientid": "c", "topic": "a", "message": "m", "retain": 2}, "retain"),
-    ({"clientid": "c", "topic": "a", "message": "m", "retain": "maybe"}, "retain"),
+@pytest.mark.parametrize("fields, name, kind", [
+    ({"topic": "a", "message": "m"}, "clientid", "Missing"),
+    ({"clientid": "c", "message": "m"}, "topic", "Missing"),
+    ({"clientid": "c", "topic": "a"}, "message", "Missing"),
+    ({"clientid": 5, "topic": "a", "message": "m"}, "clientid", "Invalid"),
+    ({"clientid": "", "topic": "a", "message": "m"}, "clientid", "Missing"),
+    ({"clientid": "c", "topic": "a/+", "message": "m"}, "topic", "Invalid"),
+    ({"clientid": "c", "topic": "a/#", "message": "m"}, "topic", "Invalid"),
+    ({"clientid": "c", "topic": "", "message": "m"}, "topic", "Missing"),
+    ({"clientid": "c", "topic": ["a"], "message": "m"}, "topic", "Invalid"),
+    ({"clientid": "c", "topic": "a", "message": 12}, "message", "Invalid"),
+    ({"clientid": "c", "topic": "a", "message": None}, "message", "Missing"),
+    ({"clientid": "c", "topic": "a", "message": "m", "QoS": 3}, "QoS", "Invalid"),
+    ({"clientid": "c", "topic": "a", "message": "m", "QoS": "high"}, "QoS", "Invalid"),
+    ({"clientid": "c", "topic": "a", "message": "m", "qos": -1}, "qos", "Invalid"),
+    ({"clientid": "c", "topic": "a", "message": "m", "QoS": True}, "QoS", "Invalid"),
+    ({"clientid": "c", "topic": "a", "message": "m", "retain": 2}, "retain", "Invalid"),
+    ({"clientid": "c", "topic": "a", "message": "m", "retain": "maybe"}, "retain", "Invalid"),
 ])
-def test_send_client_bad_parameters(api: ApiBroker, fields: dict[str, Any], name: str) -> None:
+def test_send_client_bad_parameters(api: ApiBroker, fields: dict[str, Any], name: str,
+                                    kind: str) -> None:
+    """Absent or empty: `Missing parameter`; wrong type or out of range:
+    `Invalid parameter` (CONTRACT.md)."""
     r = api.post("send_client", **fields)
     assert r.status_code == 400, r.text
     body = r.json()
     assert body["bwapi-status"] == "fail"
-    assert body["bwapi-status-reason"] == f"Missing parameter:{name}"
+    assert body["bwapi-status-reason"] == f"{kind} parameter:{name}"
 
 
 def test_send_all_publishes_and_retains(api: ApiBroker, devices: Devices) -> None:
@@ -273,11 +276,11 @@ def test_send_all_publishes_and_retains(api: ApiBroker, devices: Devices) -> Non
 
 def test_send_all_bad_input(api: ApiBroker) -> None:
     r = api.post("send_all", topic="x/#", message="m")
-    assert (r.status_code, r.json()["bwapi-status-reason"]) == (400, "Missing parameter:topic")
+    assert (r.status_code, r.json()["bwapi-status-reason"]) == (400, "Invalid parameter:topic")
     r = api.post("send_all", topic="x")
     assert (r.status_code, r.json()["bwapi-status-reason"]) == (400, "Missing parameter:message")
     r = api.post("send_all", topic="x", message="m", QoS=7)
-    assert (r.status_code, r.json()["bwapi-status-reason"]) == (400, "Missing parameter:QoS")
+    assert (r.status_code, r.json()["bwapi-status-reason"]) == (400, "Invalid parameter:QoS")
 
 
 # ------------------------------------------------------------------ listings
@@ -387,7 +390,7 @@ def test_devices_paging(api: ApiBroker, devices: Devices) -> None:
     for bad in ({"page": 0}, {"page": "x"}, {"limit": 0}, {"limit": "-3"}, {"page": "1.5"}):
         r = api.get("devices/", **bad)
         name = next(iter(bad))
-        assert (r.status_code, r.json()["bwapi-status-reason"]) == (400, f"Missing parameter:{name}")
+        assert (r.status_code, r.json()["bwapi-status-reason"]) == (400, f"Invalid parameter:{name}")
 
 
 def test_history_needs_a_device_id(api: ApiBroker) -> None:
@@ -395,7 +398,7 @@ def test_history_needs_a_device_id(api: ApiBroker) -> None:
         r = api.get(path)
         assert (r.status_code, r.json()) == (400, fail("Missing parameter:device_id"))
         r = api.get(path, device_id="x", limit="ten")
-        assert (r.status_code, r.json()["bwapi-status-reason"]) == (400, "Missing parameter:limit")
+        assert (r.status_code, r.json()["bwapi-status-reason"]) == (400, "Invalid parameter:limit")
 
 
 def test_client_count(api: ApiBroker, devices: Devices) -> None:
@@ -461,7 +464,7 @@ def test_bad_bodies(api: ApiBroker) -> None:
                        ("message", '{"topic": "a", "message": "x\\ud800"}'),
                        ("message", '{"topic": "a", "message": {"k": ["x\\ud800"]}}')):
         r = api.http.post(url, content=raw.encode(), headers=headers)
-        assert (r.status_code, r.json()["bwapi-status-reason"]) == (400, f"Missing parameter:{field}")
+        assert (r.status_code, r.json()["bwapi-status-reason"]) == (400, f"Invalid parameter:{field}")
 
 
 def test_unknown_paths_methods_and_slashes(api: ApiBroker) -> None:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from sanic import Blueprint
 
+from api.routes.acl import bp as acl
+from api.routes.clients import bp as clients
 from api.routes.credentials import bp as credentials
 from api.routes.devices import bp as devices
 from api.routes.docs import bp as docs
@@ -10,4 +12,5 @@ from api.routes.graph import bp as graph
 from api.routes.messages import bp as messages
 from api.routes.session import bp as session
 
-BLUEPRINTS: tuple[Blueprint, ...] = (session, messages, credentials, devices, graph, docs)
+BLUEPRINTS: tuple[Blueprint, ...] = (session, messages, credentials, devices, graph, docs, acl,
+                                     clients)

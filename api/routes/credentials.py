@@ -6,6 +6,10 @@ the next CONNECT on any worker as soon as it is committed. Hashing takes tens
 of milliseconds, so it runs in a thread, off the event loop. The spec wraps
 these three answers in ``{"status": {...}}``; missing parameters and token
 errors keep the flat shape, as the spec prints them.
+
+``edit_auth`` and ``remove_auth`` also disconnect every live connection that
+authenticated as that username (CONTRACT.md, "Access control"), on every
+worker, before answering: a revoked device keeps nothing (v5: DISCONNECT 0x98).
 """
 from __future__ import annotations
 
@@ -74,6 +78,7 @@ async def edit_auth(request: Request) -> HTTPResponse:
         if store.get("auth", key) is not None:  # not removed meanwhile
             store.put("auth", key, record)
             store.commit()
+            await request.app.ctx.workers.kick_user(username)
             return reply(_status(True, f"Updated Authentication Credentials. '{username}'"))
     raise NotFound(_status(False, f"Failed to update Authentication Credentials. '{username}'"))
 
@@ -95,4 +100,5 @@ async def remove_auth(request: Request) -> HTTPResponse:
         raise NotFound(_status(False, "This username does not exist."))
     store.delete("auth", key)
     store.commit()
+    await request.app.ctx.workers.kick_user(username)
     return reply(_status(True, f"Removed Authentication Credentials. '{username}'"))

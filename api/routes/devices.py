@@ -28,7 +28,7 @@ def _device_id(params: Params, required: bool) -> str | None:
     return params.text("device_id", required=required)
 
 
-@bp.get("/devices")
+@bp.get("/devices", ignore_body=False)
 @authorized
 async def devices(request: Request) -> HTTPResponse:
     """Every device, active or not, most recent first, a page at a time.
@@ -45,7 +45,7 @@ async def devices(request: Request) -> HTTPResponse:
                    current_page=page, total=len(rows))
 
 
-@bp.get("/connected_devices")
+@bp.get("/connected_devices", ignore_body=False)
 @authorized
 async def connected_devices(request: Request) -> HTTPResponse:
     """Active devices, numbered from "1" in the order they connected."""
@@ -55,7 +55,7 @@ async def connected_devices(request: Request) -> HTTPResponse:
     return success(devices=ids)
 
 
-@bp.get("/subscriptions")
+@bp.get("/subscriptions", ignore_body=False)
 @authorized
 async def subscriptions(request: Request) -> HTTPResponse:
     """Every subscription of every device, or of ``device_id`` only."""
@@ -81,21 +81,21 @@ async def _history(request: Request, db: str, key: str) -> HTTPResponse:
     return success(None, **{key: rows}) if rows else no_data()
 
 
-@bp.get("/last_events_by_device")
+@bp.get("/last_events_by_device", ignore_body=False)
 @authorized
 async def last_events_by_device(request: Request) -> HTTPResponse:
     """The newest messages the device published (up to 10), newest first."""
     return await _history(request, "events", "events")
 
 
-@bp.get("/last_commands_to_device")
+@bp.get("/last_commands_to_device", ignore_body=False)
 @authorized
 async def last_commands_to_device(request: Request) -> HTTPResponse:
     """The newest messages delivered to the device (up to 10), newest first."""
     return await _history(request, "commands", "commands")
 
 
-@bp.get("/wills")
+@bp.get("/wills", ignore_body=False)
 @authorized
 async def wills(request: Request) -> HTTPResponse:
     """The will each device has right now, or ``device_id``'s only."""

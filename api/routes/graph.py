@@ -9,7 +9,7 @@ from api.guard import authorized, success
 bp = Blueprint("graph", url_prefix="/graph")
 
 
-@bp.get("/client_count")
+@bp.get("/client_count", ignore_body=False)
 @authorized
 async def client_count(request: Request) -> HTTPResponse:
     """The sum of every worker's count; a worker that does not answer in time

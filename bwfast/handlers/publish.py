@@ -1,6 +1,7 @@
 """PUBLISH and its acknowledgements (MQTT 5.0 §3.3–§3.7, §4.3)."""
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from bwfast import codes as c
@@ -10,6 +11,8 @@ from bwfast.packet import encode_ack
 
 if TYPE_CHECKING:
     from bwfast.protocol import Connection
+
+log = logging.getLogger("bwfast.publish")
 
 
 def handle_publish(conn: Connection, p: Any) -> None:
@@ -26,6 +29,10 @@ def handle_publish(conn: Connection, p: Any) -> None:
     worker.stats.msgs_received += 1
     qos = p.qos
     pid = p.packet_id
+    acl = session.acl
+    if acl is not None and not acl.may_write(topic):
+        _denied(conn, topic, qos, pid)
+        return
     if qos == 2:
         if pid in session.qos2_in:
             # A resent QoS 2 PUBLISH we already took: acknowledge, never deliver twice [MQTT-4.3.3-10].
@@ -49,6 +56,19 @@ def handle_publish(conn: Connection, p: Any) -> None:
     if session.persistent:
         worker.store.put("inflight", _pid_key(session.client_id, pid), 1)
     worker.ack(conn, encode_ack(c.PUBREC, pid, rc, version), None, seq)
+
+
+def _denied(conn: Connection, topic: str, qos: int, pid: int) -> None:
+    """A PUBLISH to a topic the client may not write: not routed, not retained.
+    v5 QoS 1/2 hear it (0x87); QoS 0 and v3.1.1 can't be told, so theirs is
+    acknowledged as usual and dropped (CONTRACT.md, "Access control")."""
+    worker = conn.worker
+    worker.stats.denied += 1
+    log.debug("PUBLISH from %s to %s denied", conn.client_id, topic)
+    if qos:
+        version = conn.version
+        rc = c.NOT_AUTHORIZED if version == c.MQTT5 else c.SUCCESS
+        worker.ack(conn, encode_ack(c.PUBACK if qos == 1 else c.PUBREC, pid, rc, version))
 
 
 def _resolve_alias(conn: Connection, topic: str, props: dict) -> str:

@@ -7,7 +7,7 @@ from bwfast import codes as c
 from bwfast.errors import MQTTError
 from bwfast.packet import encode_suback, encode_unsuback
 from bwfast.session import SubOpts
-from bwfast.topics import valid_filter
+from bwfast.topics import parse_shared, valid_filter
 
 if TYPE_CHECKING:
     from bwfast.protocol import Connection
@@ -26,6 +26,7 @@ def handle_subscribe(conn: Connection, p: Any) -> None:
             sub_id = ids[0]
     codes: list[int] = []
     retained: list[tuple[str, SubOpts]] = []
+    acl = session.acl
     for filt, options in p.topics:
         if not valid_filter(filt):
             codes.append(c.TOPIC_FILTER_INVALID if v5 else c.V3_SUBACK_FAILURE)
@@ -33,6 +34,11 @@ def handle_subscribe(conn: Connection, p: Any) -> None:
         shared = filt.startswith("$share/")
         if shared and options & 4:
             raise MQTTError(c.PROTOCOL_ERROR, "no local on a shared subscription")  # [MQTT-3.8.3-4]
+        if acl is not None and not acl.may_subscribe(parse_shared(filt)[1] if shared else filt):
+            # A filter the client may read nothing through; a partly denied one is
+            # granted and each delivery is checked (Session.deliver).
+            codes.append(c.NOT_AUTHORIZED if v5 else c.V3_SUBACK_FAILURE)
+            continue
         opts = SubOpts.from_byte(options, sub_id)
         if not v5:
             opts.no_local = opts.rap = False

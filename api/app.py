@@ -19,10 +19,13 @@ from sanic import HTTPResponse, Sanic
 from sanic.exceptions import SanicException
 from sanic.request import Request
 
+from api import metrics
 from api.errors import APIError, fail_body
 from api.guard import dumps, reply
+from api.listing import Listing
 from api.ratelimit import LoginThrottle
 from api.routes import BLUEPRINTS
+from api.stats import Sampler
 from api.tokens import Tokens
 from api.views import DeviceList
 from api.workers import Workers
@@ -89,8 +92,12 @@ def create_app(cfg: Config, store: Store, workers: Workers, name: str | None = N
     app.ctx.tokens = Tokens(store, cfg.api.token_ttl)
     app.ctx.throttle = LoginThrottle()
     app.ctx.devices = DeviceList(store)
+    app.ctx.listing = Listing(app.ctx.devices)
+    app.ctx.sampler = Sampler(workers, store)
     for bp in BLUEPRINTS:
         app.blueprint(bp)
+    metrics.install(app)
+    app.blueprint(metrics.bp)
     app.error_handler.add(Exception, on_error)
     return app
 
@@ -138,9 +145,11 @@ async def serve(cfg: Config, nworkers: int) -> int:
     await server.before_start()
     await server.after_start()
     pruner = asyncio.create_task(_prune(app.ctx.tokens))
+    app.ctx.sampler.start()
     log.info("REST API on http://%s:%d/bwiot/api/v1/", cfg.api.host, cfg.api.port)
     await stop.wait()
     pruner.cancel()
+    await app.ctx.sampler.stop()
     await server.before_stop()
     server.close()
     await _close_connections(server.connections)

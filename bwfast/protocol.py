@@ -194,6 +194,7 @@ class Connection(asyncio.Protocol):
     def reject(self, reason_code: int, v3_code: int) -> None:
         """Refuse a CONNECT with a CONNACK carrying the code, then close [MQTT-3.2.2-5]."""
         code = reason_code if self.version == MQTT5 else v3_code
+        self.worker.stats.refused += 1
         self.write(encode_connack(False, code, self.version or 4))
         self.close()
 

@@ -15,7 +15,9 @@ def compiled_modules() -> str:
 
 class Stats:
     __slots__ = ("msgs_received", "msgs_sent", "bytes_received", "bytes_sent", "dropped",
-                 "protocol_errors", "connects", "forwarded", "denied", "started")
+                 "protocol_errors", "connects", "forwarded", "denied", "refused",
+                 "received_qos1", "received_qos2", "payload_received_qos1",
+                 "payload_received_qos2", "started")
 
     def __init__(self) -> None:
         self.msgs_received = 0
@@ -27,6 +29,12 @@ class Stats:
         self.connects = 0
         self.forwarded = 0  # copies sent to peer workers (one per peer with a match)
         self.denied = 0     # PUBLISHes and wills the ACL refused
+        self.refused = 0    # CONNECTs answered with a failing CONNACK
+        # The general path's QoS 1/2 PUBLISHes (bwfast.manage.count_qos); the rest is QoS 0.
+        self.received_qos1 = 0
+        self.received_qos2 = 0
+        self.payload_received_qos1 = 0
+        self.payload_received_qos2 = 0
         self.started = time.time()
 
     def snapshot(self) -> dict[str, int]:

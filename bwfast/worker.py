@@ -25,6 +25,7 @@ from bwfast.fastpath import Lane
 from bwfast.handlers import table
 from bwfast.history import FLUSH_INTERVAL, History
 from bwfast.listeners import start_listeners
+from bwfast.manage import count_qos
 from bwfast.message import Message
 from bwfast.protocol import Connection
 from bwfast.registry import SessionRegistry
@@ -64,6 +65,7 @@ class Worker:
         self.wall = time.time()
         self.handlers = table()
         self.stats = Stats()
+        count_qos(self.handlers, self.stats)
         self.store = Store(cfg.broker.data_dir, sync=cfg.persistence.sync)
         self.router = Router()
         self.retained = RetainStore(self.store)

@@ -135,6 +135,7 @@ const PAGES = {
 function route() {
   timers.forEach(clearInterval); timers = [];
   cleanups.forEach(f => f()); cleanups = [];
+  document.getElementById("flash").hidden = true;  // an outcome belongs to its page
   if (!token()) { loginPage(); return; }
   document.getElementById("top").hidden = false;
   const parts = location.hash.replace(/^#\/?/, "").split("/");

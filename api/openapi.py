@@ -220,7 +220,8 @@ def document() -> dict[str, Any]:
         "info": {"title": "bwfast REST API", "version": "1.0",
                  "description": "Bevywise-compatible REST API of the bwfast MQTT broker. "
                                 "Times are ms since the epoch; payloads are UTF-8 text, or "
-                                "base64 with \"encoding\": \"base64\"."},
+                                "base64 with \"encoding\": \"base64\". GET parameters may "
+                                "also come as a JSON object or form body."},
         "security": [{"bearer": []}],
         "paths": _paths(),
         "components": {

@@ -1,6 +1,6 @@
 """Broker figures summed over the workers, for ``GET stats`` and ``/metrics``.
 
-Each worker answers ``stats`` on its control socket (bwfast/manage.py); the
+Each worker answers ``stats`` on its control socket (bwfast/observe.py); the
 retained count and the LMDB size are read here from LMDB (the workers' copies
 also hold the ``$SYS`` topics, which are not stored). A :class:`Sampler`
 keeps one sample a second for the last 15 minutes, so the console's charts
@@ -16,7 +16,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from bwfast import __version__
-from bwfast.manage import process_figures
+from bwfast.observe import process_figures
 
 if TYPE_CHECKING:
     from api.workers import Workers

@@ -154,11 +154,15 @@ class Workers:
         return sum(a["count"] for a in answers
                    if a is not None and a.get("ok") and isinstance(a.get("count"), int))
 
-    async def acl_reload(self) -> int:
-        """Tell every worker to re-read the ACL; how many did not confirm. A
-        worker that is down reads the rules when it starts again."""
+    async def acl_reload(self) -> tuple[int, str]:
+        """Tell every worker to re-read the ACL: (how many did not answer, the
+        first acl_file error one reported). A worker that is down reads the
+        rules when it starts again; with a bad acl_file a worker keeps that
+        file's previous rules and applies the LMDB rules all the same."""
         answers = await self.broadcast("acl_reload", {})
-        return sum(1 for a in answers if a is None or not a.get("ok"))
+        silent = sum(1 for a in answers if a is None)
+        errors = [str(a["error"]) for a in answers if a is not None and a.get("error")]
+        return silent, errors[0] if errors else ""
 
     async def client(self, clientid: str) -> dict[str, Any] | None:
         """The session of ``clientid`` as the worker holding it describes it:
@@ -175,7 +179,7 @@ class Workers:
         return sum(int(a.get("cleared") or 0) for a in answers) if answers else None
 
     async def stats(self) -> list[dict[str, Any] | None]:
-        """Every worker's figures (bwfast.manage.stats); None where one did not answer."""
+        """Every worker's figures (bwfast.observe.stats); None where one did not answer."""
         answers = await self.broadcast("stats", {})
         return [a if a is not None and a.get("ok") else None for a in answers]
 

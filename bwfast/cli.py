@@ -27,7 +27,22 @@ def passwd_main(argv: Sequence[str]) -> int:
     return passwd(argv)
 
 
-SUBCOMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"passwd": passwd_main}
+def acl_main(argv: Sequence[str]) -> int:
+    """``bwfast acl``: run-time ACL rules, reload (bwfast/manage.py)."""
+    from bwfast.manage import acl_main as acl
+
+    return acl(argv)
+
+
+def kick_main(argv: Sequence[str]) -> int:
+    """``bwfast kick``: disconnect a client of the running broker (bwfast/manage.py)."""
+    from bwfast.manage import kick_main as kick
+
+    return kick(argv)
+
+
+SUBCOMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "passwd": passwd_main, "acl": acl_main, "kick": kick_main}
 
 
 def build_parser() -> argparse.ArgumentParser:

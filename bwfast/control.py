@@ -20,7 +20,7 @@ and answers ``["reply", id, result]`` on the same connection. Commands:
   are kept, the LMDB rules are applied all the same). ``generation`` is 0 with
   ``[acl] enabled = false``.
 - ``client``, ``clear_queue``, ``stats``: for the console and /metrics
-  (bwfast/manage.py).
+  (bwfast/observe.py).
 """
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from bwfast.codes import ADMINISTRATIVE_ACTION
-from bwfast.manage import COMMANDS
 from bwfast.message import Message
+from bwfast.observe import COMMANDS
 from bwfast.topics import valid_topic
 
 if TYPE_CHECKING:

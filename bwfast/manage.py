@@ -1,138 +1,228 @@
-"""Control-socket commands for the console and /metrics (bwfast/control.py runs them).
+"""``bwfast acl`` and ``bwfast kick``: manage a broker from its host.
 
-- ``client`` {clientid}: the session this worker holds for that client id
-  (connected or kept for a persistent client), or ``{"ok": False}``.
-- ``clear_queue`` {clientid}: drop the session's offline queue (messages not
-  yet sent; in-flight ones stay, their exchange is under way [MQTT-4.4.0-1]).
-- ``stats``: this worker's counters, gauges and process figures.
+    bwfast acl [--config F] [--data-dir D] add (--username U | --clientid C | --pattern) TOPIC ACCESS
+    bwfast acl [...] remove (--username U | --clientid C | --pattern) TOPIC [ACCESS]
+    bwfast acl [...] list [--username U | --clientid C]
+    bwfast acl [...] reload
+    bwfast kick [--config F] [--data-dir D] CLIENTID
 
-Also the per-QoS count of PUBLISHes that take the general path (the fast
-lane only takes QoS 0, so what it counts is QoS 0).
+``add``, ``remove`` and ``list`` work on the run-time rules in LMDB (the same
+rows the REST API writes, bwfast.acl), whether the broker runs or not; after
+a change the running workers are told to reload. ``reload`` makes every
+worker re-read the acl_file and the LMDB rules; ``kick`` disconnects a client
+(v5: DISCONNECT 0x98). Both need a running broker: they reach its workers
+through ``data_dir/run/worker-N.ctl`` (bwfast.ctlclient).
+
+The data directory is ``--data-dir``, else ``[broker] data_dir`` of
+``--config`` or ./broker.conf, as the broker itself finds it; every command
+says which one it used.
+
+Exit codes: 0 done, 1 no such rule / client not connected / a worker
+reported an error, 2 bad usage or config, 3 no broker running.
 """
 from __future__ import annotations
 
-import os
-import resource
-import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
 
-from bwfast import codes as c
-from bwfast.session import NEVER_EXPIRES, queue_key
+from bwfast import ctlclient
+from bwfast.acl import (
+    ACCESS_WORDS,
+    DB,
+    AclError,
+    check_rule,
+    rule_from_value,
+    rule_key,
+    rule_value,
+    stored_rules,
+)
+from bwfast.config import load_config
+from bwfast.errors import ConfigError
+from bwfast.passwd import _open_store as open_store
+from bwfast.store import Store
 
-if TYPE_CHECKING:
-    from bwfast.session import Session
-    from bwfast.worker import Worker
-
-VERSIONS = {c.MQTT31: "3.1", c.MQTT311: "3.1.1", c.MQTT5: "5.0"}
-_PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def count_qos(handlers: list[Callable[[Any, Any], None]], stats: Any) -> None:
-    """Wrap the PUBLISH handler so that QoS 1 and 2 messages (and payload bytes)
-    are counted; the rest of ``msgs_received`` is QoS 0."""
-    inner = handlers[c.PUBLISH]
-
-    def publish(conn: Any, p: Any) -> None:
-        qos = p.qos
-        if qos == 1:
-            stats.received_qos1 += 1
-            stats.payload_received_qos1 += len(p.payload)
-        elif qos == 2:
-            stats.received_qos2 += 1
-            stats.payload_received_qos2 += len(p.payload)
-        inner(conn, p)
-
-    handlers[c.PUBLISH] = publish
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
 
 
-def _held(worker: Worker, cid: Any) -> Session | None:
-    session = worker.sessions.sessions.get(cid) if isinstance(cid, str) else None
-    if session is None or session.moved_to >= 0:
-        return None  # handed over: the other worker answers for it
-    return session
+class Failure(Exception):
+    """One line for stderr and the exit code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
 
 
-def client(worker: Worker, args: dict) -> dict:
-    session = _held(worker, args.get("clientid"))
-    if session is None:
-        return {"ok": False}
-    conn = session.conn
-    will = session.will
-    return {
-        "ok": True,
-        "worker": worker.index,
-        "connected": conn is not None and not conn.closing,
-        "protocol_version": VERSIONS.get(session.version, str(session.version)),
-        "listener": conn.listener if conn is not None else None,
-        "address": conn.peer if conn is not None else None,
-        "username": session.username,
-        "keepalive": conn.keepalive if conn is not None else None,
-        "persistent": session.persistent,
-        # Seconds kept after a disconnect; None = never expires (v3 clean session = 0).
-        "session_expiry": None if session.expiry == NEVER_EXPIRES else session.expiry,
-        "disconnected_at": int(session.disconnected_at * 1000) if conn is None else None,
-        "subscriptions": [{"topic": f, "QoS": o.qos, "no_local": o.no_local,
-                           "retain_as_published": o.rap, "retain_handling": o.rh}
-                          for f, o in sorted(session.subs.items())],
-        "queued": len(session.queue or ()),
-        "inflight": len(session.inflight),
-        "will": None if will is None else {
-            "topic": will.topic, "payload": bytes(will.payload), "QoS": will.qos,
-            "retain": bool(will.retain), "delay": session.will_delay},
-    }
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE",
+                        help="broker.conf to read (default: ./broker.conf if present)")
+    parser.add_argument("--data-dir", metavar="DIR", help="LMDB directory ([broker] data_dir)")
 
 
-def clear_queue(worker: Worker, args: dict) -> dict:
-    session = _held(worker, args.get("clientid"))
-    if session is None:
-        return {"ok": False}
-    queue = session.queue or ()
-    count = len(queue)
-    for entry in queue:
-        if entry[5]:  # the LMDB sequence of a persistent QoS 1/2 entry
-            worker.store.delete("queue", queue_key(session.client_id, entry[5]))
-    session.queue = None
-    return {"ok": True, "cleared": count}
+def _who(parser: argparse.ArgumentParser, required: bool) -> None:
+    group = parser.add_mutually_exclusive_group(required=required)
+    group.add_argument("--username", metavar="U", help="the rule is for this username")
+    group.add_argument("--clientid", metavar="C", help="the rule is for this client id")
+    if required:
+        group.add_argument("--pattern", action="store_true",
+                           help="the rule is for everyone (%%u, %%c in TOPIC substituted)")
 
 
-def process_figures() -> dict[str, float]:
-    """CPU seconds (user + system) and resident set size of this process."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    rss = 0
+def acl_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bwfast acl", description="Manage the broker's run-time ACL rules (LMDB).")
+    _common(parser)
+    sub = parser.add_subparsers(dest="action", required=True, metavar="add|remove|list|reload")
+    p = sub.add_parser("add", help="add a rule (or change the access of the same who and topic)")
+    _who(p, required=True)
+    p.add_argument("topic", help="topic filter")
+    p.add_argument("access", choices=ACCESS_WORDS)
+    p = sub.add_parser("remove", help="remove a rule")
+    _who(p, required=True)
+    p.add_argument("topic", help="topic filter")
+    p.add_argument("access", nargs="?", choices=ACCESS_WORDS, help="must match, when given")
+    p = sub.add_parser("list", help="list the rules (all, or one username's / client id's)")
+    _who(p, required=False)
+    sub.add_parser("reload", help="make the running workers re-read the acl_file and rules")
+    return parser
+
+
+def kick_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bwfast kick", description="Disconnect a client (v5: DISCONNECT 0x98); "
+                                        "its will is published.")
+    _common(parser)
+    parser.add_argument("clientid")
+    return parser
+
+
+def data_dir(ns: argparse.Namespace) -> str:
+    """The data directory the broker would use."""
+    return load_config(ns.config, {"data_dir": ns.data_dir}).broker.data_dir
+
+
+def _enforced(ns: argparse.Namespace) -> None:
+    if not load_config(ns.config, {"data_dir": ns.data_dir}).acl.enabled:
+        print("note: [acl] enabled = false in this configuration: the rules are kept but "
+              "not enforced", file=sys.stderr)
+
+
+def _kind(ns: argparse.Namespace) -> tuple[str, str]:
+    if getattr(ns, "pattern", False):
+        return "pattern", ""
+    if ns.username is not None:
+        return "username", ns.username
+    return "clientid", ns.clientid
+
+
+def _answers(path: str, command: str) -> tuple[int, int, list[str]]:
+    """(workers, how many answered, errors they reported) for one broadcast."""
+    answers = ctlclient.broadcast(path, command, {})
+    live = [a for a in answers if a is not None]
+    errors = [str(a.get("error")) for a in live if not a.get("ok")]
+    return len(answers), len(live), errors
+
+
+def _reload_after_change(path: str) -> None:
+    total, live, errors = _answers(path, "acl_reload")
+    if not live:
+        print(f"no broker running on {path}: the rules apply when it starts")
+        return
+    print(f"{live} running worker(s) reloaded the rules")
+    if live < total:
+        print(f"{total - live} worker(s) did not answer: they apply the rules when they restart")
+    for error in sorted(set(errors)):
+        print(f"bwfast acl: a worker reported: {error}", file=sys.stderr)
+
+
+def _list(store: Store, ns: argparse.Namespace) -> None:
+    wanted = None
+    if ns.username is not None:
+        wanted = ("username", ns.username)
+    elif ns.clientid is not None:
+        wanted = ("clientid", ns.clientid)
+    for rule in stored_rules(store):
+        if wanted is None or (rule.kind, rule.who) == wanted:
+            print("\t".join((rule.kind, rule.who, rule.access, rule.topic)))
+
+
+def _change(store: Store, ns: argparse.Namespace) -> None:
+    kind, who = _kind(ns)
     try:
-        with open("/proc/self/statm") as f:
-            rss = int(f.read().split()[1]) * _PAGE
-    except (OSError, ValueError, IndexError):
-        rss = usage.ru_maxrss * 1024
-    return {"cpu": usage.ru_utime + usage.ru_stime, "rss": rss, "pid": os.getpid()}
+        rule = check_rule(kind, who, ns.topic, ns.access or "deny")
+    except AclError as e:
+        raise Failure(str(e), EXIT_USAGE) from None
+    key = rule_key(rule)
+    if ns.action == "add":
+        store.put(DB, key, rule_value(rule))
+        store.commit()
+        print(f"added {kind} {who!r} {rule.access} {rule.topic!r} in {store.path}")
+        return
+    stored: Any = store.get(DB, key)
+    if stored is None or (ns.access is not None and rule_from_value(stored).access != ns.access):
+        raise Failure(f"no such rule in {store.path}", EXIT_FAILED)
+    store.delete(DB, key)
+    store.commit()
+    print(f"removed {kind} {who!r} {rule.topic!r} from {store.path}")
 
 
-def stats(worker: Worker, args: dict) -> dict:
-    sessions = worker.sessions.sessions.values()
-    listeners: dict[str, int] = {}
-    for conn in worker.conns:
-        if conn.session is not None and not conn.closing:
-            listeners[conn.listener] = listeners.get(conn.listener, 0) + 1
-    counters = worker.stats.snapshot()
-    counters.pop("started", None)
-    return {
-        "ok": True,
-        "worker": worker.index,
-        "counters": counters,
-        "connected": worker.sessions.connected_count(),
-        "listeners": listeners,
-        "sessions": len(worker.sessions),
-        "subscriptions": sum(len(s.subs) for s in sessions),
-        "queued": sum(len(s.queue) for s in sessions if s.queue),
-        "inflight": sum(len(s.inflight) for s in sessions),
-        "retained": len(worker.retained),
-        "uptime": time.time() - worker.stats.started,
-        "commit": worker.store.commit_latency(),
-        **process_figures(),
-    }
+def _acl(ns: argparse.Namespace) -> int:
+    if ns.action == "reload":
+        path = data_dir(ns)
+        total, live, errors = _answers(path, "acl_reload")
+        if not live:
+            raise Failure(f"no broker running on {path}", EXIT_NOT_RUNNING)
+        print(f"{live} of {total} worker(s) of the broker on {path} reloaded the ACL")
+        if errors:
+            raise Failure(f"not every rule was reloaded: {sorted(set(errors))[0]}",
+                          EXIT_FAILED)
+        return EXIT_OK
+    store = open_store(ns)  # as `bwfast passwd` opens it (same data_dir, same care)
+    path = store.path
+    try:
+        if ns.action == "list":
+            print(f"rules in {path}:", file=sys.stderr)
+            _list(store, ns)
+            return EXIT_OK
+        _change(store, ns)
+    finally:
+        store.close()
+    _enforced(ns)
+    _reload_after_change(path)
+    return EXIT_OK
 
 
-COMMANDS: dict[str, Callable[[Worker, dict], dict]] = {
-    "client": client, "clear_queue": clear_queue, "stats": stats,
-}
+def _kick(ns: argparse.Namespace) -> int:
+    path = data_dir(ns)
+    answers = ctlclient.broadcast(path, "kick", {"clientid": ns.clientid})
+    if not any(a is not None for a in answers):
+        raise Failure(f"no broker running on {path}", EXIT_NOT_RUNNING)
+    if not any(a is not None and a.get("ok") for a in answers):
+        raise Failure(f"client {ns.clientid!r} is not connected to the broker on {path}",
+                      EXIT_FAILED)
+    print(f"kicked {ns.clientid!r} from the broker on {path}")
+    return EXIT_OK
+
+
+def _run(prog: str, parser: argparse.ArgumentParser, argv: Sequence[str], body: Any) -> int:
+    ns = parser.parse_args(list(argv))
+    try:
+        return int(body(ns))
+    except Failure as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return e.code
+    except ConfigError as e:
+        message = " ".join(str(e).split("\n"))
+        print(f"{prog}: {message}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def acl_main(argv: Sequence[str]) -> int:
+    """Entry point of ``bwfast acl`` (bwfast.cli dispatches here)."""
+    return _run("bwfast acl", acl_parser(), argv, _acl)
+
+
+def kick_main(argv: Sequence[str]) -> int:
+    """Entry point of ``bwfast kick``."""
+    return _run("bwfast kick", kick_parser(), argv, _kick)

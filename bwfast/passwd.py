@@ -7,8 +7,14 @@
 ``--password`` the password is asked twice on a terminal, or read as one line
 from stdin. It is safe while the broker runs: LMDB serialises writers across
 processes, and workers read ``auth`` at each CONNECT, so a change applies to
-the next CONNECT. Records are the same salted scrypt hashes the REST API
-writes (bwfast.auth); a password is never stored or printed.
+the next CONNECT; ``remove`` and ``set`` of an existing user also close that
+user's live connections on a running broker, as the REST API does. Records
+are the same salted scrypt hashes the REST API writes (bwfast.auth); a
+password is never stored or printed.
+
+The data directory is ``--data-dir``, else ``[broker] data_dir`` of
+``--config`` or ./broker.conf, as the broker finds it; every command says
+which directory it used, so a user is never added somewhere unexpected.
 
 Exit codes: 0 done, 1 the user exists / is unknown, 2 bad usage or config.
 """
@@ -89,6 +95,7 @@ def run(ns: argparse.Namespace) -> int:
     store = _open_store(ns)
     try:
         if ns.action == "list":
+            print(f"users in {store.path}:", file=sys.stderr)
             for key, _ in store.items("auth"):
                 print(key.decode("utf-8", errors="replace"))
             return EXIT_OK
@@ -97,21 +104,36 @@ def run(ns: argparse.Namespace) -> int:
         exists = store.get("auth", key) is not None
         if ns.action == "remove":
             if not exists:
-                print(f"bwfast passwd: no user {user!r}", file=sys.stderr)
+                print(f"bwfast passwd: no user {user!r} in {store.path}", file=sys.stderr)
                 return EXIT_USER
             store.delete("auth", key)
             store.commit()
-            print(f"removed {user!r}")
+            print(f"removed {user!r} from {store.path}")
+            _revoke(store.path, user)
             return EXIT_OK
         if ns.action == "add" and exists:
-            print(f"bwfast passwd: user {user!r} exists (use set to change it)", file=sys.stderr)
+            print(f"bwfast passwd: user {user!r} exists in {store.path} (use set to change it)",
+                  file=sys.stderr)
             return EXIT_USER
         store.put("auth", key, hash_password(read_password(ns.password)))
         store.commit()
-        print(f"{'updated' if exists else 'added'} {user!r}")
+        print(f"{'updated' if exists else 'added'} {user!r} in {store.path}")
+        if exists:
+            _revoke(store.path, user)
         return EXIT_OK
     finally:
         store.close()
+
+
+def _revoke(data_dir: str, user: str) -> None:
+    """As ``remove_auth`` / ``edit_auth`` do: the running broker's live
+    connections of that user are closed (v5: DISCONNECT 0x98)."""
+    from bwfast.ctlclient import broadcast
+
+    answers = [a for a in broadcast(data_dir, "kick_user", {"username": user}) if a]
+    count = sum(a.get("count", 0) for a in answers if isinstance(a.get("count"), int))
+    if count:
+        print(f"disconnected {count} live connection(s) of {user!r}")
 
 
 def main(argv: Sequence[str]) -> int:

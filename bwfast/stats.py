@@ -30,7 +30,7 @@ class Stats:
         self.forwarded = 0  # copies sent to peer workers (one per peer with a match)
         self.denied = 0     # PUBLISHes and wills the ACL refused
         self.refused = 0    # CONNECTs answered with a failing CONNACK
-        # The general path's QoS 1/2 PUBLISHes (bwfast.manage.count_qos); the rest is QoS 0.
+        # The general path's QoS 1/2 PUBLISHes (bwfast.observe.count_qos); the rest is QoS 0.
         self.received_qos1 = 0
         self.received_qos2 = 0
         self.payload_received_qos1 = 0

@@ -25,8 +25,8 @@ from bwfast.fastpath import Lane
 from bwfast.handlers import table
 from bwfast.history import FLUSH_INTERVAL, History
 from bwfast.listeners import start_listeners
-from bwfast.manage import count_qos
 from bwfast.message import Message
+from bwfast.observe import count_qos
 from bwfast.protocol import Connection
 from bwfast.registry import SessionRegistry
 from bwfast.retain import RetainStore
@@ -352,6 +352,10 @@ class Worker:
 
         def checked(fut: asyncio.Future) -> None:
             ok = not fut.cancelled() and fut.exception() is None and fut.result()
+            if ok and self.store.get("auth", username.encode()) != record:
+                # Removed or changed (remove_auth / edit_auth) while scrypt ran: the
+                # revocation's kick could not see this CONNECT yet, so refuse it here.
+                ok = False
             if ok:
                 self.verified.remember(username, record, password)
             done(0 if ok else c.BAD_USERNAME_OR_PASSWORD)

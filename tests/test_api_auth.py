@@ -17,7 +17,16 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-from mqtt_helpers import V5, V311, RawClient, parse_disconnect
+from mqtt_helpers import (
+    CONNACK,
+    V5,
+    V311,
+    ConnectionClosed,
+    RawClient,
+    connect,
+    parse_connack,
+    parse_disconnect,
+)
 from test_api_support import (
     ADMIN,
     ADMIN_PASSWORD,
@@ -198,6 +207,33 @@ def test_revoking_credentials_disconnects_live_connections(api: ApiBroker, call:
         assert_connects(api, user, "pw-new", ok=True)
         assert api.post("remove_auth", username=user).status_code == 200
     assert api.post("remove_auth", username=other).status_code == 200
+
+
+def test_revoking_credentials_while_connects_are_being_checked(api: ApiBroker) -> None:
+    """CONNECTs whose password check (scrypt, in a thread) is still running when
+    remove_auth commits must not get in with the removed credentials: once the
+    call has answered, no connection of that user is left open."""
+    user = f"race-{uuid.uuid4().hex[:6]}"
+    assert api.post("add_auth", username=user, password="pw").status_code == 200
+    socks = []
+    for i in range(24):  # more than the checker threads: some wait for their turn
+        c = RawClient("127.0.0.1", api.port, version=V5 if i % 2 else V311)
+        c.send(connect(f"race-{i}-{user}", version=c.version, username=user, password=b"pw"))
+        socks.append(c)
+    assert api.post("remove_auth", username=user).status_code == 200
+    admitted = 0
+    for c in socks:
+        try:
+            p = c.recv_packet()
+        except ConnectionClosed:
+            continue
+        assert p.ptype == CONNACK
+        if parse_connack(p, c.version).rc == 0:
+            admitted += 1  # checked before the removal: it must be closed now
+            c.wait_closed(timeout=2.0)
+        c.close()
+    assert_connects(api, user, "pw", ok=False)
+    print(f"{admitted} of {len(socks)} were admitted before the removal (and then closed)")
 
 
 def _passwd(api: ApiBroker, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -8,12 +8,19 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from mqtt_helpers import V5, V311, RawClient, parse_disconnect
 from test_api_support import BASE, ApiBroker, eventually, fail, start_api_broker
 from test_cluster_support import owner_pid
+
+from api.app import create_app
+from api.openapi import document
+from api.workers import Workers
+from bwfast.config import load_config
+from bwfast.store import Store
 
 pytestmark = pytest.mark.bwfast_only
 
@@ -24,7 +31,9 @@ NO_DATA = {"bwapi-status": "success", "bwapi-status-reason": "no_data_found"}
 @pytest.fixture(scope="module", params=[4, 1], ids=["workers4", "workers1"])
 def api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         ) -> Iterator[ApiBroker]:
-    yield from start_api_broker(tmp_path_factory.mktemp("api_manage"), request.param)
+    # The ACL is on as a deny list, so that rules added here can be seen taking effect.
+    yield from start_api_broker(tmp_path_factory.mktemp("api_manage"), request.param,
+                                **{"acl.enabled": True, "acl.default": "allow"})
 
 
 class Raw:
@@ -200,6 +209,44 @@ def test_acl_rules_added_listed_replaced_and_removed(api: ApiBroker) -> None:
     assert not [row for row in acl_rows(api) if row["topic"].startswith(tag)]
 
 
+def test_acl_change_applies_at_once_to_a_live_subscription_on_another_worker(
+        api: ApiBroker, raw: Raw) -> None:
+    """add_acl reaches every worker (acl_reload): the subscriber, already
+    subscribed to a wildcard filter, stops getting the denied topic without
+    reconnecting, and gets it again once the rule is removed."""
+    sub_sock = raw.socket(V5)
+    sub_pid = owner_pid(api.broker, sub_sock.sock)
+    assert sub_sock.connect(raw.cid("sub")).rc == 0
+    base = raw.topic("room")
+    assert sub_sock.subscribe(f"{base}/#", 0).codes == [0]
+    pub = None
+    for i in range(40):  # a publisher on another worker, when there is one
+        c = raw.socket(V311)
+        if api.broker.workers == 1 or owner_pid(api.broker, c.sock) != sub_pid:
+            assert c.connect(raw.cid(f"pub{i}")).rc == 0
+            pub = c
+            break
+        c.close()
+    assert pub is not None
+
+    def delivered(topic: str) -> bool:
+        pub.publish(topic, b"x", qos=1)
+        try:
+            got = sub_sock.recv_packet(0.5)
+        except TimeoutError:
+            return False
+        return got.ptype == 3
+
+    assert delivered(f"{base}/secret")
+    r = api.post("add_acl", clientid=raw.cid("sub"), topic=f"{base}/secret", access="deny")
+    assert r.status_code == 200, r.text
+    assert "detail" not in r.json(), r.json()  # every worker confirmed the reload
+    assert not delivered(f"{base}/secret")
+    assert delivered(f"{base}/open")
+    assert api.post("remove_acl", clientid=raw.cid("sub"), topic=f"{base}/secret").status_code == 200
+    assert delivered(f"{base}/secret")
+
+
 @pytest.mark.parametrize("fields, expected", [
     ({"topic": "a", "access": "read"}, "Missing parameter:username|clientid|pattern"),
     ({"username": "u", "access": "read"}, "Missing parameter:topic"),
@@ -297,3 +344,20 @@ def test_openapi_describes_the_management_calls(api: ApiBroker) -> None:
     body = paths[f"{BASE}/add_acl"]["post"]["requestBody"]["content"]["application/json"]
     assert set(body["schema"]["properties"]) == {"username", "clientid", "pattern", "topic",
                                                  "access"}
+
+
+def test_every_route_of_the_app_is_in_the_openapi_document(tmp_path: Path) -> None:
+    """The app itself (not a running one) against api/openapi.py: path and method."""
+    conf = tmp_path / "broker.conf"
+    conf.write_text("")
+    cfg = load_config(str(conf), {"data_dir": str(tmp_path / "data")})
+    store = Store(cfg.broker.data_dir)
+    try:
+        app = create_app(cfg, store, Workers(cfg.broker.data_dir, 1))
+        app.router.finalize()
+        routes = {("/" + r.path, m.lower()) for r in app.router.routes for m in r.methods}
+    finally:
+        store.close()
+    paths = document()["paths"]
+    described = {(p.rstrip("/"), m) for p, item in paths.items() for m in item}
+    assert routes == described

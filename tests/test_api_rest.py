@@ -480,6 +480,14 @@ def test_unknown_paths_methods_and_slashes(api: ApiBroker) -> None:
     assert r.status_code == 200
 
 
+def test_acl_rules_on_a_broker_without_acl_say_they_are_not_enforced(api: ApiBroker) -> None:
+    topic = f"unenforced/{uuid.uuid4().hex[:8]}"
+    for call in ("add_acl", "remove_acl"):
+        r = api.post(call, username="u", topic=topic, access="deny")
+        assert r.status_code == 200, r.text
+        assert "not enforced" in r.json()["detail"]
+
+
 def test_openapi_document(api: ApiBroker) -> None:
     r = api.http.get(f"{BASE}/openapi.json")
     assert r.status_code == 200

@@ -24,6 +24,7 @@ from bwfast.acl import (
     AclError,
     Rule,
     check_rule,
+    rule_from_value,
     rule_key,
     rule_value,
     stored_rules,
@@ -67,11 +68,17 @@ def _rule(params: Params, access_required: bool = True) -> tuple[Rule, str | Non
 
 
 async def _reload(request: Request) -> dict[str, str]:
-    silent = await request.app.ctx.workers.acl_reload()
-    if not silent:
-        return {}
-    return {"detail": f"{silent} worker(s) did not confirm; they apply the rules when "
-                      "they restart"}
+    """Every worker re-reads the rules; ``detail`` when one could not (yet)."""
+    silent, error = await request.app.ctx.workers.acl_reload()
+    notes = []
+    if not request.app.ctx.cfg.acl.enabled:
+        notes.append("[acl] enabled = false: the rules are kept but not enforced")
+    if silent:
+        notes.append(f"{silent} worker(s) did not answer; they apply the rules when they "
+                     "restart")
+    if error:
+        notes.append(error)
+    return {"detail": "; ".join(notes)} if notes else {}
 
 
 @bp.post("/add_acl")
@@ -94,7 +101,7 @@ async def remove_acl(request: Request) -> HTTPResponse:
     store = request.app.ctx.store
     key = rule_key(rule)
     stored = store.get(DB, key)
-    if stored is None or (access is not None and list(stored)[3:4] != [access]):
+    if stored is None or (access is not None and rule_from_value(stored).access != access):
         raise NotFound(fail_body("No such ACL rule"))
     store.delete(DB, key)
     store.commit()

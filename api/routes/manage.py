@@ -4,7 +4,7 @@ the console's device list, retained messages, broker stats.
 Same conventions as the spec's endpoints (CONTRACT.md, "REST API"):
 ``bwapi-status`` success/fail, 400 for a missing or bad parameter, 404 for an
 unknown client or topic. Live figures come from the workers' control sockets
-(api/workers.py, bwfast/manage.py); the rest from LMDB.
+(api/workers.py, bwfast/observe.py); the rest from LMDB.
 """
 from __future__ import annotations
 

@@ -93,7 +93,7 @@ def create_app(cfg: Config, store: Store, workers: Workers, name: str | None = N
     app.ctx.tokens = Tokens(store, cfg.api.token_ttl)
     app.ctx.throttle = LoginThrottle()
     app.ctx.devices = DeviceList(store)
-    app.ctx.listing = Listing(app.ctx.devices)
+    app.ctx.listing = Listing(store)
     app.ctx.sampler = Sampler(workers, store)
     for bp in BLUEPRINTS:
         app.blueprint(bp)

@@ -1,15 +1,20 @@
 """The console's device list: filter, search, sort and page the device registry.
 
-Built on :class:`api.views.DeviceList` (decoded once while LMDB is unchanged).
-A filtered and sorted view is kept per (status, search, sort) for as long as
-the rows it came from, so turning the pages of 100,000 devices costs a slice,
-and a new search one pass over a prepared list of lower-cased names.
+A filtered and sorted view is kept per (status, search, sort, order) for as
+long as the snapshot it came from, so turning the pages of 100,000 devices
+costs a slice, and a new search one pass over a prepared list of lower-cased
+names (off the event loop).
 """
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
 
-from api.views import DeviceList, connected_ms, device_row
+from api.views import connected_ms, device_row
+
+if TYPE_CHECKING:
+    from bwfast.store import Store
 
 SORTS = ("connected", "id", "username", "status")
 STATUSES = ("all", "active", "inactive")
@@ -27,38 +32,76 @@ def console_row(key: bytes, rec: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+class _Snapshot:
+    __slots__ = ("rows", "haystack", "views", "txnid")
+
+    def __init__(self, rows: list[tuple[bytes, dict[str, Any]]], haystack: list[str],
+                 txnid: int) -> None:
+        self.rows, self.haystack, self.txnid = rows, haystack, txnid
+        self.views: dict[tuple[str, str, str, bool], list[int]] = {}
+
+
 class Listing:
-    def __init__(self, devices: DeviceList) -> None:
-        self.devices = devices
-        self._source: list[tuple[bytes, dict[str, Any]]] | None = None
-        self._haystack: list[str] = []
-        self._views: dict[tuple[str, str, str, bool], list[int]] = {}
+    """Snapshots of the device registry, rebuilt in a thread.
 
-    def _prepare(self) -> list[tuple[bytes, dict[str, Any]]]:
-        rows = self.devices.rows()
-        if rows is not self._source:
-            self._source = rows
-            self._haystack = [
-                f"{k.decode('utf-8', 'replace')}\x00{r.get('username') or ''}".lower()
-                for k, r in rows]
-            self._views = {}
-        return rows
+    Reading and decoding 100,000 rows takes about a second: done on the event
+    loop it would stall every other request, and done on every change (devices
+    connect all the time) it would never stop. So a snapshot is rebuilt off the
+    loop, at most once per REFRESH seconds (or three times its own build time,
+    when that is longer), and only when LMDB changed. A cheap rebuild (a small
+    registry) is waited for, so a new device shows at once; an expensive one
+    runs in the background while requests page the snapshot they have.
+    """
 
-    def view(self, status: str, search: str, sort: str, desc: bool) -> list[int]:
-        """Indexes into the rows, filtered and in order."""
-        rows = self._prepare()
-        key = (status, search.lower(), sort, desc)
-        found = self._views.get(key)
-        if found is not None:
-            return found
-        needle = key[1]
-        hay = self._haystack
+    REFRESH = 0.25
+    CHEAP = 0.05  # seconds: a rebuild this quick is waited for
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.snap: _Snapshot | None = None
+        self._built = 0.0
+        self._cost = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def _build(self) -> _Snapshot:
+        txnid = self.store.env.info()["last_txnid"]
+        rows = [(k, r) for k, r in self.store.items("devices") if isinstance(r, dict)]
+        rows.sort(key=lambda kr: (-connected_ms(kr[1]), kr[0]))
+        hay = [f"{k.decode('utf-8', 'replace')}\x00{r.get('username') or ''}".lower()
+               for k, r in rows]
+        return _Snapshot(rows, hay, txnid)
+
+    async def _current(self) -> _Snapshot:
+        now = time.monotonic()
+        snap = self.snap
+        if self._task is None and now - self._built >= max(self.REFRESH, 3 * self._cost):
+            if snap is not None and self.store.env.info()["last_txnid"] == snap.txnid:
+                self._built = now  # nothing written anywhere since
+            else:
+                self._task = asyncio.create_task(self._rebuild())
+        if self._task is not None and (snap is None or self._cost < self.CHEAP):
+            await asyncio.shield(self._task)
+        assert self.snap is not None
+        return self.snap
+
+    async def _rebuild(self) -> None:
+        started = time.monotonic()
+        try:
+            self.snap = await asyncio.get_running_loop().run_in_executor(None, self._build)
+        finally:
+            self._built = time.monotonic()
+            self._cost = self._built - started
+            self._task = None
+
+    @staticmethod
+    def _view(snap: _Snapshot, status: str, needle: str, sort: str, desc: bool) -> list[int]:
+        """Indexes into the snapshot's rows, filtered and in order."""
+        rows, hay = snap.rows, snap.haystack
         idx = [i for i, (_, r) in enumerate(rows)
                if (status == "all" or (r.get("status") == "active") == (status == "active"))
                and (not needle or needle in hay[i])]
         if sort == "connected":
-            # rows are newest first already (DeviceList)
-            if not desc:
+            if not desc:  # the snapshot is newest first already
                 idx.reverse()
         else:
             def sort_key(i: int) -> tuple[Any, ...]:
@@ -69,15 +112,19 @@ class Listing:
                     return (str(r.get("username") or ""), k)
                 return (r.get("status") != "active", -connected_ms(r), k)
             idx.sort(key=sort_key, reverse=desc)
-        if len(self._views) >= _CACHE_SIZE:
-            self._views.pop(next(iter(self._views)))
-        self._views[key] = idx
         return idx
 
-    def page(self, status: str, search: str, sort: str, desc: bool, page: int,
-             limit: int) -> tuple[list[dict[str, Any]], int]:
+    async def page(self, status: str, search: str, sort: str, desc: bool, page: int,
+                   limit: int) -> tuple[list[dict[str, Any]], int]:
         """The rows of one page and the number of matching devices."""
-        rows = self._prepare()
-        idx = self.view(status, search, sort, desc)
+        snap = await self._current()
+        key = (status, search.lower(), sort, desc)
+        idx = snap.views.get(key)
+        if idx is None:  # a new filter or order: one pass over the snapshot, off the loop
+            idx = await asyncio.get_running_loop().run_in_executor(
+                None, self._view, snap, status, key[1], sort, desc)
+            if len(snap.views) >= _CACHE_SIZE:
+                snap.views.pop(next(iter(snap.views)))
+            snap.views[key] = idx
         chunk = idx[(page - 1) * limit:page * limit]
-        return [console_row(*rows[i]) for i in chunk], len(idx)
+        return [console_row(*snap.rows[i]) for i in chunk], len(idx)

@@ -73,6 +73,21 @@ def manage_paths(base: str, op: Any, ok: Any, json: Any, ref: Any, fields: Any,
             "Broker figures summed over workers (and, with series=1, the last 15 minutes)",
             ok(fields(["stats"], stats={"type": "object"})),
             params=[query("series", "1: add one sample a second for 15 minutes")])},
+        f"{base}/credentials": {"get": op(
+            "Every username that may CONNECT (the console's credential list)",
+            ok(fields(["usernames"], usernames={"type": "array", "items": STR})))},
+        f"{base}/live": {"get": op(
+            "Server-sent events: each message matching filter (the console's Live view)",
+            {"200": {"description": "text/event-stream; each `data:` line is JSON "
+                                    "{topic, qos, retain, size, truncated, payload (base64)}"},
+             "503": json(ref("Fail"), "the API could not subscribe")},
+            params=[query("filter", "topic filter", required=True)])},
+        "/": {"get": op("The web console (HTML)", {"200": {"description": "text/html"}},
+                        secured=False)},
+        "/static/{name}": {"get": op(
+            "The console's static files", {"200": {"description": "CSS, JavaScript"}},
+            secured=False, params=[{"name": "name", "in": "path", "required": True,
+                                    "schema": STR}])},
         "/metrics": {"get": op(
             "Prometheus text exposition ([api] metrics_auth = true: needs the token)",
             {"200": {"description": "text/plain; version=0.0.4"}}, secured=False)},

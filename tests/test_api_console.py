@@ -264,3 +264,51 @@ def test_metrics_refusals_counted(tmp_path_factory: pytest.TempPathFactory) -> N
             bad.close()
         got = _metrics(api, Authorization=f"Bearer {api.token}")
         assert got["bwfast_connect_refusals_total"][()] == 1
+
+
+# ------------------------------------------------------------------ console files and the live stream
+
+
+def test_console_page_and_only_its_files_are_served(api: ApiBroker) -> None:
+    r = api.http.get("/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert "/static/console.js" in r.text
+    for name, kind in (("console.js", "javascript"), ("console.css", "text/css"),
+                       ("vendor/uPlot.iife.min.js", "javascript"),
+                       ("vendor/uPlot.LICENSE", "text/plain")):
+        got = api.http.get(f"/static/{name}")
+        assert got.status_code == 200 and kind in got.headers["content-type"], name
+    assert "MIT License" in api.http.get("/static/vendor/uPlot.LICENSE").text
+    for bad in ("../app.py", "..%2Fapp.py", "index.html.bak", "vendor/../../live.py"):
+        got = api.http.get(f"/static/{bad}")
+        assert got.status_code == 404, bad
+        assert got.json()["bwapi-status"] == "fail"
+
+
+def test_live_streams_matching_messages_as_events(api: ApiBroker, raw: Raw) -> None:
+    import base64
+    import json
+
+    assert api.http.get("/bwiot/api/v1/live", params={"filter": "a/#"}).status_code == 401
+    assert reason(api.get("live", filter="a/#/b")) == (400, "Invalid parameter:filter")
+    pub = raw.connect("live-pub")
+    pub.publish(raw.topic("live/kept"), b"old", qos=1, retain=True)
+    events: list[dict[str, Any]] = []
+    with api.http.stream("GET", "/bwiot/api/v1/live", params={"filter": raw.topic("live/#")},
+                         headers=api.auth()) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        lines = r.iter_lines()
+        for line in lines:
+            if line.startswith("data: "):
+                events.append(json.loads(line[6:]))
+                if events[-1].get("subscribed"):
+                    pub.publish(raw.topic("live/t"), b"\x00\xffdata", qos=2, pid=7)
+            if len(events) == 3:
+                break
+    assert events[0] == {"subscribed": raw.topic("live/#")}
+    kept, new = events[1], events[2]
+    assert (kept["topic"], kept["retain"], base64.b64decode(kept["payload"])) == (
+        raw.topic("live/kept"), True, b"old")
+    assert (new["topic"], new["qos"], new["retain"], base64.b64decode(new["payload"])) == (
+        raw.topic("live/t"), 2, False, b"\x00\xffdata")

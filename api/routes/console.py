@@ -17,7 +17,7 @@ from sanic import Blueprint, HTTPResponse
 from sanic.request import Request
 from sanic.response import file
 
-from api.errors import APIError, BadParameter, fail_body
+from api.errors import APIError, BadParameter, NotFound, fail_body
 from api.guard import authorized, success
 from api.live import LiveError, Tap, broker_address, event, is_internal
 from api.params import Params
@@ -27,12 +27,22 @@ STATIC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 HEARTBEAT = 10.0   # seconds between keep-alive comments; the token is checked again then
 
 bp = Blueprint("console")
-bp.static("/static", STATIC, name="static")
+FILES = frozenset(("console.css", "console.js", "vendor/uPlot.iife.min.js",
+                   "vendor/uPlot.min.css", "vendor/uPlot.LICENSE"))
 
 
 @bp.get("/")
 async def index(request: Request) -> HTTPResponse:
-    return await file(os.path.join(STATIC, "index.html"),
+    return await file(os.path.join(STATIC, "index.html"), headers={"Cache-Control": "no-cache"})
+
+
+@bp.get("/static/<name:path>")
+async def static(request: Request, name: str) -> HTTPResponse:
+    """The console's files: only those listed (nothing else on disk is reachable)."""
+    if name not in FILES:
+        raise NotFound(fail_body("Unknown endpoint"))
+    mime = "text/plain; charset=utf-8" if name.endswith("LICENSE") else None
+    return await file(os.path.join(STATIC, name), mime_type=mime,
                       headers={"Cache-Control": "no-cache"})
 
 

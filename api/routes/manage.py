@@ -111,7 +111,7 @@ async def clients(request: Request) -> HTTPResponse:
                     "desc" if sort == "connected" else "asc")
     page = params.integer("page", 1, 1, 10**9)
     limit = params.integer("limit", PAGE_LIMIT, 1, MAX_PAGE_LIMIT)
-    rows, total = request.app.ctx.listing.page(status, search, sort, order == "desc", page, limit)
+    rows, total = await request.app.ctx.listing.page(status, search, sort, order == "desc", page, limit)
     return success(data=rows, total=total, current_page=page,
                    page=max(1, math.ceil(total / limit)))
 

@@ -31,7 +31,6 @@ bp = Blueprint("metrics")
 COUNTERS = (
     ("connects", "bwfast_connects", "CONNECTs accepted"),
     ("refused", "bwfast_connect_refusals", "CONNECTs refused (failing CONNACK)"),
-    ("messages_out", "bwfast_messages_sent", "PUBLISH packets sent to clients"),
     ("bytes_in", "bwfast_bytes_received", "bytes read from MQTT connections"),
     ("bytes_out", "bwfast_bytes_sent", "bytes written to MQTT connections"),
     ("dropped", "bwfast_messages_dropped", "messages dropped (queue full, slow reader, too big)"),
@@ -69,6 +68,16 @@ class BrokerCollector(Collector):
         for qos, n in f["qos_in"].items():
             received.add_metric([qos], n)
         yield received
+        sent = CounterMetricFamily("bwfast_messages_sent", "PUBLISH packets sent, by QoS",
+                                   labels=["qos"])
+        for qos, n in f["qos_out"].items():
+            sent.add_metric([qos], n)
+        yield sent
+        out_bytes = CounterMetricFamily("bwfast_publish_bytes_sent",
+                                        "bytes of QoS 1/2 PUBLISH packets sent", labels=["qos"])
+        out_bytes.add_metric(["1"], f["publish_bytes_out_qos1"])
+        out_bytes.add_metric(["2"], f["publish_bytes_out_qos2"])
+        yield out_bytes
         payload = CounterMetricFamily("bwfast_payload_bytes_received",
                                       "payload bytes of QoS 1/2 PUBLISHes received",
                                       labels=["qos"])

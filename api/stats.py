@@ -35,6 +35,9 @@ COUNTERS = {
     "received_qos1": "messages_in_qos1", "received_qos2": "messages_in_qos2",
     "payload_received_qos1": "payload_bytes_in_qos1",
     "payload_received_qos2": "payload_bytes_in_qos2",
+    "sent_qos1": "messages_out_qos1", "sent_qos2": "messages_out_qos2",
+    "packet_bytes_sent_qos1": "publish_bytes_out_qos1",
+    "packet_bytes_sent_qos2": "publish_bytes_out_qos2",
 }
 GAUGES = ("connected", "sessions", "subscriptions", "queued", "inflight")
 SERIES = ("messages_in", "messages_out", "bytes_in", "bytes_out", "connected")
@@ -66,6 +69,9 @@ def summary(answers: list[dict[str, Any] | None], store: Store) -> dict[str, Any
     out["qos_in"] = {
         "0": out["messages_in"] - out["messages_in_qos1"] - out["messages_in_qos2"],
         "1": out["messages_in_qos1"], "2": out["messages_in_qos2"]}
+    out["qos_out"] = {
+        "0": max(0, out["messages_out"] - out["messages_out_qos1"] - out["messages_out_qos2"]),
+        "1": out["messages_out_qos1"], "2": out["messages_out_qos2"]}
     return out
 
 

@@ -147,6 +147,9 @@ class Connection(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         if self.closing:
             return
+        kind = data[0] & 0xF6  # a QoS 1/2 PUBLISH: type 3 with QoS bits (dup, retain masked)
+        if kind == 0x32 or kind == 0x34:
+            self.worker.stats.count_sent(kind >> 1 & 3, len(data))
         out = self.out
         if not out:
             self.worker.mark_dirty(self)

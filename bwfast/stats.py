@@ -17,7 +17,8 @@ class Stats:
     __slots__ = ("msgs_received", "msgs_sent", "bytes_received", "bytes_sent", "dropped",
                  "protocol_errors", "connects", "forwarded", "denied", "refused",
                  "received_qos1", "received_qos2", "payload_received_qos1",
-                 "payload_received_qos2", "started")
+                 "payload_received_qos2", "sent_qos1", "sent_qos2", "packet_bytes_sent_qos1",
+                 "packet_bytes_sent_qos2", "started")
 
     def __init__(self) -> None:
         self.msgs_received = 0
@@ -35,7 +36,20 @@ class Stats:
         self.received_qos2 = 0
         self.payload_received_qos1 = 0
         self.payload_received_qos2 = 0
+        # QoS 1/2 PUBLISH packets written to clients (Connection.write); the rest is QoS 0.
+        self.sent_qos1 = 0
+        self.sent_qos2 = 0
+        self.packet_bytes_sent_qos1 = 0
+        self.packet_bytes_sent_qos2 = 0
         self.started = time.time()
+
+    def count_sent(self, qos: int, size: int) -> None:
+        if qos == 1:
+            self.sent_qos1 += 1
+            self.packet_bytes_sent_qos1 += size
+        else:
+            self.sent_qos2 += 1
+            self.packet_bytes_sent_qos2 += size
 
     def snapshot(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in self.__slots__}

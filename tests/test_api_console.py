@@ -218,13 +218,14 @@ def test_stats_json(api: ApiBroker, raw: Raw) -> None:
 
 def test_metrics_count_what_was_sent(api: ApiBroker, raw: Raw) -> None:
     before = _metrics(api)
+    sub = raw.connect("m-sub")
+    assert sub.subscribe([(raw.topic("m"), 2)]).codes == [2]
     pub = raw.connect("m-pub")
     for k in range(5):
         pub.publish(raw.topic("m"), b"abcd", qos=1, pid=k + 1)
     for k in range(3):
         pub.publish(raw.topic("m"), b"abcd", qos=2, pid=k + 10)
-    bad = RawClient("127.0.0.1", api.port, version=V311)
-    raw.open.append(bad)
+    assert sorted(sub.expect_publish().qos for _ in range(8)) == [1] * 5 + [2] * 3
     api.get("devices/")
     after = _metrics(api)
 
@@ -235,6 +236,13 @@ def test_metrics_count_what_was_sent(api: ApiBroker, raw: Raw) -> None:
     assert delta("bwfast_messages_received_total", qos="1") == 5
     assert delta("bwfast_messages_received_total", qos="2") == 3
     assert delta("bwfast_payload_bytes_received_total", qos="1") == 20
+    # the subscriber got each at the QoS it was published with (its packets: 2 + 2 + topic
+    # + 2 (packet id) + 4 bytes of payload)
+    packet = 2 + 2 + len(raw.topic("m")) + 2 + 4
+    assert delta("bwfast_messages_sent_total", qos="1") == 5
+    assert delta("bwfast_messages_sent_total", qos="2") == 3
+    assert delta("bwfast_publish_bytes_sent_total", qos="1") == 5 * packet
+    assert delta("bwfast_publish_bytes_sent_total", qos="2") == 3 * packet
     assert delta("bwfast_connects_total") >= 1
     assert after["bwfast_connections"][(("listener", "mqtt"),)] >= 1
     assert delta("bwfast_rest_requests_total", endpoint="/bwiot/api/v1/devices",

@@ -53,18 +53,27 @@ class Identity:
     password: str | None = None
 
 
+def _rule(name: str) -> bytes:
+    return rule_key(check_rule("username", name, "#", "read"))
+
+
 def provision(cfg: Config, store: Store) -> Identity:
-    """Make the API's own MQTT user when the broker needs one (see the module doc)."""
-    if not (cfg.authentication.enabled or cfg.acl.enabled):
-        return Identity()
-    name = USER_PREFIX + os.urandom(8).hex()
-    ident = Identity(name)
-    if cfg.authentication.enabled:
+    """Make the API's own MQTT user when the broker needs one (see the module doc),
+    after removing any an earlier API process left behind (killed, say)."""
+    for key, rec in store.items("auth"):
+        if is_internal(rec):
+            store.delete("auth", key)
+            store.delete(ACL_DB, _rule(key.decode("utf-8", "replace")))
+    ident = Identity()
+    if cfg.authentication.enabled or cfg.acl.enabled:
+        ident.username = name = USER_PREFIX + os.urandom(8).hex()
+        # Marked as the console's, and kept in `auth` even with authentication off:
+        # that is how the next start finds it to remove it.
         ident.password = os.urandom(24).hex()
-        store.put("auth", name.encode(), hash_password(ident.password))
-    if cfg.acl.enabled:
-        rule = check_rule("username", name, "#", "read")
-        store.put(ACL_DB, rule_key(rule), rule_value(rule))
+        store.put("auth", name.encode(), {**hash_password(ident.password), "console": True})
+        if cfg.acl.enabled:
+            rule = check_rule("username", name, "#", "read")
+            store.put(ACL_DB, rule_key(rule), rule_value(rule))
     store.commit()
     return ident
 
@@ -73,13 +82,13 @@ def unprovision(store: Store, ident: Identity) -> None:
     if ident.username is None:
         return
     store.delete("auth", ident.username.encode())
-    store.delete(ACL_DB, rule_key(check_rule("username", ident.username, "#", "read")))
+    store.delete(ACL_DB, _rule(ident.username))
     store.commit()
 
 
-def is_internal(username: str) -> bool:
-    """The API's own users, left out of the console's credential list."""
-    return username.startswith(USER_PREFIX)
+def is_internal(record: object) -> bool:
+    """An ``auth`` record of the API's own user, left out of the console's list."""
+    return isinstance(record, dict) and record.get("console") is True
 
 
 def _string(value: str | bytes) -> bytes:

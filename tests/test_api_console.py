@@ -320,3 +320,35 @@ def test_live_streams_matching_messages_as_events(api: ApiBroker, raw: Raw) -> N
         raw.topic("live/kept"), True, b"old")
     assert (new["topic"], new["qos"], new["retain"], base64.b64decode(new["payload"])) == (
         raw.topic("live/t"), 2, False, b"\x00\xffdata")
+
+
+def test_console_user_is_replaced_at_each_start_and_removed_at_stop(tmp_path: Any) -> None:
+    """The Live view's own MQTT user (api/live.py): one at a time, a killed API's
+    left-over is removed by the next start, a device's credentials are untouched."""
+    from api.live import is_internal, provision, unprovision
+    from bwfast.acl import stored_rules
+    from bwfast.auth import hash_password, verify_password
+    from bwfast.config import load_config
+    from bwfast.store import Store
+
+    conf = tmp_path / "broker.conf"
+    conf.write_text("[authentication]\nenabled = true\n[acl]\nenabled = true\n")
+    cfg = load_config(str(conf), {"data_dir": str(tmp_path / "data")})
+    store = Store(cfg.broker.data_dir)
+    try:
+        store.put("auth", b"device-1", hash_password("pw"))
+        store.commit()
+        first = provision(cfg, store)  # then "killed": no unprovision
+        second = provision(cfg, store)
+        users = {k.decode(): rec for k, rec in store.items("auth")}
+        assert set(users) == {"device-1", second.username}
+        assert first.username != second.username
+        assert is_internal(users[second.username]) and not is_internal(users["device-1"])
+        assert verify_password(users[second.username], second.password)
+        assert [(r.who, r.topic, r.access) for r in stored_rules(store)] == [
+            (second.username, "#", "read")]
+        unprovision(store, second)
+        assert [k for k, _ in store.items("auth")] == [b"device-1"]
+        assert stored_rules(store) == []
+    finally:
+        store.close()

@@ -50,8 +50,9 @@ async def static(request: Request, name: str) -> HTTPResponse:
 @authorized
 async def credentials(request: Request) -> HTTPResponse:
     """Every username that may CONNECT (never a hash), in order."""
-    names = [k.decode("utf-8", "replace") for k, _ in request.app.ctx.store.items("auth")]
-    return success(usernames=[n for n in names if not is_internal(n)])
+    return success(usernames=[k.decode("utf-8", "replace")
+                              for k, rec in request.app.ctx.store.items("auth")
+                              if not is_internal(rec)])
 
 
 class _Unavailable(APIError):

@@ -185,7 +185,9 @@ async def stats(request: Request) -> HTTPResponse:
     uptime, version); ``series=1`` adds the last 15 minutes, one sample a second."""
     ctx = request.app.ctx
     params = Params(request)
+    ctx.sampler.watched()
     out = summary(await ctx.workers.stats(), ctx.store)
     if params.flag("series"):
+        ctx.sampler.add(out)
         out["series"] = ctx.sampler.series()
     return success(stats=out)

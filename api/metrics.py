@@ -11,7 +11,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -53,7 +59,8 @@ GAUGES = (
 class BrokerCollector(Collector):
     """Turns the last gathered figures into metric families."""
 
-    def __init__(self) -> None:
+    def __init__(self, listeners: list[str]) -> None:
+        self.listeners = listeners  # shown with 0 when nobody is connected to them
         self.answers: list[dict[str, Any] | None] = []
         self.figures: dict[str, Any] = {}
 
@@ -88,7 +95,8 @@ class BrokerCollector(Collector):
             yield GaugeMetricFamily(name, doc, value=f[key])
         by_listener = GaugeMetricFamily("bwfast_connections", "clients connected, by listener",
                                         labels=["listener"])
-        for listener, n in sorted(f["listeners"].items()):
+        for listener, n in sorted({**dict.fromkeys(self.listeners, 0),
+                                   **f["listeners"]}.items()):
             by_listener.add_metric([listener], n)
         yield by_listener
         yield from self._workers()
@@ -139,8 +147,13 @@ def _info(version: str) -> Metric:
 
 def install(app: Sanic) -> None:
     """The registry, the collector and the request counter of one app."""
+    disable_created_metrics()  # no *_created series: scrapes stay small
+    cfg = app.ctx.cfg
+    listeners = ["mqtt", *(["tls"] if cfg.tls.enabled else []),
+                 *(["ws"] if cfg.websocket.enabled else []),
+                 *(["wss"] if cfg.websocket.enabled and cfg.tls.enabled else [])]
     registry = CollectorRegistry(auto_describe=False)
-    collector = BrokerCollector()
+    collector = BrokerCollector(listeners)
     registry.register(collector)
     requests = Counter("bwfast_rest_requests", "REST API requests, by endpoint and status",
                        ["endpoint", "method", "status"], registry=registry)

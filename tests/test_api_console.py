@@ -226,7 +226,8 @@ def test_metrics_count_what_was_sent(api: ApiBroker, raw: Raw) -> None:
     for k in range(3):
         pub.publish(raw.topic("m"), b"abcd", qos=2, pid=k + 10)
     assert sorted(sub.expect_publish().qos for _ in range(8)) == [1] * 5 + [2] * 3
-    api.get("devices/")
+    api.get("stats")
+    assert api.get("client", clientid=raw.cid("nobody")).status_code == 404
     after = _metrics(api)
 
     def delta(name: str, **labels: str) -> float:
@@ -245,9 +246,14 @@ def test_metrics_count_what_was_sent(api: ApiBroker, raw: Raw) -> None:
     assert delta("bwfast_publish_bytes_sent_total", qos="2") == 3 * packet
     assert delta("bwfast_connects_total") >= 1
     assert after["bwfast_connections"][(("listener", "mqtt"),)] >= 1
-    assert delta("bwfast_rest_requests_total", endpoint="/bwiot/api/v1/devices",
+    assert delta("bwfast_rest_requests_total", endpoint="/bwiot/api/v1/stats",
                  method="GET", status="200") == 1
-    assert after["bwfast_lmdb_commit_seconds_count"][()] > 0
+    assert delta("bwfast_rest_requests_total", endpoint="/bwiot/api/v1/client",
+                 method="GET", status="404") == 1
+    # the device registry rows of these clients are committed within 0.5 s
+    eventually(lambda: _metrics(api)["bwfast_lmdb_commit_seconds_count"][()] > 0)
+    assert after["bwfast_lmdb_commit_seconds_bucket"][(("le", "+Inf"),)] == after[
+        "bwfast_lmdb_commit_seconds_count"][()]
     assert after["bwfast_lmdb_bytes"][()] > 0
     procs = {dict(k)["process"] for k in after["bwfast_process_cpu_seconds_total"]}
     assert "api" in procs and "worker-0" in procs

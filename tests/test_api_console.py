@@ -287,6 +287,9 @@ def test_console_page_and_only_its_files_are_served(api: ApiBroker) -> None:
     r = api.http.get("/")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     assert "/static/console.js" in r.text
+    for old in ("/bwiot", "/bwiot/"):
+        moved = api.http.get(old)
+        assert (moved.status_code, moved.headers["location"]) == (302, "/")
     for name, kind in (("console.js", "javascript"), ("console.css", "text/css"),
                        ("vendor/uPlot.iife.min.js", "javascript"),
                        ("vendor/uPlot.LICENSE", "text/plain")):

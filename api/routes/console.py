@@ -15,7 +15,7 @@ from typing import cast
 from bwfast.topics import valid_filter
 from sanic import Blueprint, HTTPResponse
 from sanic.request import Request
-from sanic.response import file
+from sanic.response import file, redirect
 
 from api.errors import APIError, BadParameter, NotFound, fail_body
 from api.guard import authorized, success
@@ -34,6 +34,12 @@ FILES = frozenset(("console.css", "console.js", "vendor/uPlot.iife.min.js",
 @bp.get("/")
 async def index(request: Request) -> HTTPResponse:
     return await file(os.path.join(STATIC, "index.html"), headers={"Cache-Control": "no-cache"})
+
+
+@bp.get("/bwiot")
+async def bevywise_ui(request: Request) -> HTTPResponse:
+    """Where the Bevywise broker serves its UI: the console is at ``/``."""
+    return redirect("/")
 
 
 @bp.get("/static/<name:path>")

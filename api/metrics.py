@@ -119,8 +119,10 @@ class BrokerCollector(Collector):
             conns.add_metric([str(k)], w["connected"])
             cpu.add_metric([f"worker-{k}"], w["cpu_seconds"])
             rss.add_metric([f"worker-{k}"], w["rss_bytes"] or 0)
-        cpu.add_metric(["api"], f["api"]["cpu_seconds"])
-        rss.add_metric(["api"], f["api"]["rss_bytes"])
+        for name in ("api", "supervisor"):
+            if f.get(name):
+                cpu.add_metric([name], f[name]["cpu_seconds"])
+                rss.add_metric([name], f[name]["rss_bytes"])
         yield from (up, conns, cpu, rss)
 
     def _commit_latency(self) -> Iterator[Metric]:

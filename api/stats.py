@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from bwfast import __version__
-from bwfast.observe import process_figures
+from bwfast.observe import other_process_figures, process_figures
 
 if TYPE_CHECKING:
     from api.workers import Workers
@@ -66,6 +67,9 @@ def summary(answers: list[dict[str, Any] | None], store: Store) -> dict[str, Any
     api = process_figures()
     out["api"] = {"pid": api["pid"], "cpu_seconds": round(api["cpu"], 3),
                   "rss_bytes": api["rss"]}
+    sup = other_process_figures(os.getppid())  # the API process's parent: the supervisor
+    out["supervisor"] = None if sup is None else {
+        "pid": sup["pid"], "cpu_seconds": round(sup["cpu"], 3), "rss_bytes": sup["rss"]}
     out["qos_in"] = {
         "0": out["messages_in"] - out["messages_in_qos1"] - out["messages_in_qos2"],
         "1": out["messages_in_qos1"], "2": out["messages_in_qos2"]}

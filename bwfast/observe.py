@@ -108,6 +108,20 @@ def process_figures() -> dict[str, float]:
     return {"cpu": usage.ru_utime + usage.ru_stime, "rss": rss, "pid": os.getpid()}
 
 
+def other_process_figures(pid: int) -> dict[str, float] | None:
+    """The same for another process (the supervisor, from the API), from /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        with open(f"/proc/{pid}/statm") as f:
+            rss = int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    # fields[11], [12]: utime, stime (proc(5) fields 14 and 15, counted after the name)
+    return {"cpu": (int(fields[11]) + int(fields[12])) / ticks, "rss": rss, "pid": pid}
+
+
 def stats(worker: Worker, args: dict) -> dict:
     subs = queued = inflight = 0
     for s in worker.sessions.sessions.values():  # one pass: 100,000 sessions cost ~20 ms

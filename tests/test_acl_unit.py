@@ -223,3 +223,18 @@ def test_cache_is_bounded() -> None:
     for i in range(10_000):
         assert acl.may_read(f"t/{i}")
     assert len(acl.cache) <= 4096
+
+
+def test_the_readme_example_means_what_it_says() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("      # acl_file:", 1)[1].split("\n\n", 1)[0]
+    rules = Rules()
+    rules.load(parse_acl_file("# acl_file:" + block))
+    assert rules.for_client(None, "c").may_read("public/news")
+    dashboard = rules.for_client("dashboard", "c")
+    assert dashboard.may_read("devices/d1/state") and not dashboard.may_read("devices/d1/secret")
+    assert not dashboard.may_write("devices/d1/cmd")
+    d1 = rules.for_client("d1", "c")
+    assert d1.may_write("devices/d1/secret") and not d1.may_read("devices/d2/state")

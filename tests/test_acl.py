@@ -638,3 +638,43 @@ def test_acl_reload_with_the_acl_off_is_harmless(
     finally:
         clients.close_all()
 
+
+
+# ---------------------------------------------------------------- every listener
+
+
+def test_every_listener_enforces_the_same_rules(tmp_path: Path, workers: int) -> None:
+    """TLS and WSS with the certificate's CN as the username (device-7), WS and
+    plain MQTT anonymous: one set of rules on every listener."""
+    from test_tls_ws import Listeners, paho
+    from tls_helpers import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    path = tmp_path / "acl_file"
+    path.write_text("topic read public/#\npattern readwrite devices/%u/#\n")
+    broker = Listeners(tmp_path / "broker", pki, workers, identity=True)
+    broker.conf |= _acl_conf(path)
+    broker.write_conf()
+    broker.start()
+    made: list[Any] = []
+    try:
+        tls = paho(broker, "tls", pki, cert=pki.client)
+        wss = paho(broker, "wss", pki, cert=pki.client, protocol=V5)
+        ws = paho(broker, "ws", pki)
+        plain = paho(broker, "mqtt", pki, protocol=V5)
+        made += [tls, wss, ws, plain]
+        assert tls.subscribe("devices/other/#", 1) == [0x80]
+        assert wss.subscribe("devices/device-7/#", 1) == [1]
+        assert ws.subscribe("#", 1) == [1]  # anonymous: public/# only, checked per message
+        assert plain.subscribe("devices/+/state", 1) == [0x87]
+        ws.publish("devices/device-7/cmd", b"from ws", 1)  # anonymous may not write: dropped
+        plain.publish("public/news", b"anonymous may not write public/", 0)
+        tls.publish("devices/device-7/state", b"from tls", 1)
+        tls.publish("public/news", b"nor may device-7", 1)
+        got = wss.get_n(1)
+        assert [(m.topic, m.payload) for m in got] == [("devices/device-7/state", b"from tls")]
+        assert wss.drain(0.5) == [] and ws.drain(0.3) == []
+    finally:
+        for c in made:
+            c.close()
+        broker.stop()

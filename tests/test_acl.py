@@ -678,3 +678,33 @@ def test_every_listener_enforces_the_same_rules(tmp_path: Path, workers: int) ->
         for c in made:
             c.close()
         broker.stop()
+
+
+def test_sighup_reloads_the_workers_and_leaves_the_api_alone(
+        tmp_path: Path, workers: int) -> None:
+    """The supervisor forwards SIGHUP to the workers only: the REST API process
+    keeps running (same pid, still answering), no worker restarts."""
+    from test_api_support import ApiBroker
+    from test_cluster_support import worker_pids
+
+    path = tmp_path / "acl_file"
+    path.write_text("topic read public/#\n")
+    api = ApiBroker(tmp_path / "broker", workers, **_acl_conf(path)).start()
+    clients = Clients(api.broker, f"hupapi{workers}")
+    try:
+        before = worker_pids(api.broker)
+        assert len(api.api_pids()) == 1
+        c, _ = user(clients, V311, None, broker=api.broker)
+        assert c.subscribe("news/#", 0).codes == [0x80]
+        path.write_text("topic read news/#\n")
+        assert api.broker.proc is not None
+        os.kill(api.broker.proc.pid, signal.SIGHUP)
+        eventually(lambda: c.subscribe("news/#", 0).codes == [0])
+        assert c.subscribe("public/#", 0).codes == [0x80]
+        time.sleep(0.5)
+        assert worker_pids(api.broker) == before
+        assert len(api.api_pids()) == 1 and api.login()
+        assert "exited" not in api.broker.log_tail()
+    finally:
+        clients.close_all()
+        api.stop()

@@ -682,8 +682,9 @@ def test_every_listener_enforces_the_same_rules(tmp_path: Path, workers: int) ->
 
 def test_sighup_reloads_the_workers_and_leaves_the_api_alone(
         tmp_path: Path, workers: int) -> None:
-    """The supervisor forwards SIGHUP to the workers only: the REST API process
-    keeps running (same pid, still answering), no worker restarts."""
+    """The supervisor forwards SIGHUP to the workers; the REST API process ignores
+    it, even sent to the whole process group: it keeps running (same pid, still
+    answering), and no worker restarts."""
     from test_api_support import ApiBroker
     from test_cluster_support import worker_pids
 
@@ -701,6 +702,8 @@ def test_sighup_reloads_the_workers_and_leaves_the_api_alone(
         os.kill(api.broker.proc.pid, signal.SIGHUP)
         eventually(lambda: c.subscribe("news/#", 0).codes == [0])
         assert c.subscribe("public/#", 0).codes == [0x80]
+        # A hangup of the whole process group (a closed terminal) reaches the API too
+        os.killpg(api.broker.proc.pid, signal.SIGHUP)
         time.sleep(0.5)
         assert worker_pids(api.broker) == before
         assert len(api.api_pids()) == 1 and api.login()

@@ -214,12 +214,22 @@ class Rules:
         yield from self.clients.get(client_id, ())
         for filt, access in self.patterns:
             if "%u" in filt:
-                if username is None:
+                if username is None or _wild(username):
                     continue  # Mosquitto: %u patterns don't apply to anonymous clients
                 filt = filt.replace("%u", username)
             if "%c" in filt:
+                if _wild(client_id):
+                    continue
                 filt = filt.replace("%c", client_id)
             yield filt, access
+
+
+def _wild(name: str) -> bool:
+    """A username or client id with a wildcard must not widen a pattern: client id
+    "+" would turn ``clients/%c/#`` into every client's topics. A pattern meant for
+    it names topics that cannot exist (no topic name holds + or # [MQTT-4.7.1-1]),
+    so it is left out; Mosquitto denies such clients the patterns likewise."""
+    return "+" in name or "#" in name
 
 
 class ClientAcl:

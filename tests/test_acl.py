@@ -415,6 +415,25 @@ def test_anonymous_and_client_id_rules(ac: Clients, version: int) -> None:
     assert got == [(f"anon/{uid}/hello", b"1"), (f"anon/{uid}/end", b"7")]
 
 
+def test_a_wildcard_username_or_client_id_gains_nothing_from_patterns(
+        ac: Clients, version: int) -> None:
+    """Username "+" would make `devices/%u/#` every device's topics, client id "+"
+    `outbox/%c/#` everyone's outbox: such patterns are left out (as Mosquitto does)."""
+    uid = ac.uid
+    sneaky, pid = user(ac, version, "+")
+    no = refused(version)
+    assert sneaky.subscribe([("devices/+/#", 1), ("#", 1)]).codes == [no, 1]
+    sneaky2, _ = user(ac, version, "dev1", cid="+")
+    assert sneaky2.subscribe([("outbox/+/#", 1), ("#", 1)]).codes == [no, 1]
+    dev2, _ = user(ac, version, "dev2", away_from=pid)
+    dev2.publish(f"devices/dev2/{uid}/secret", b"s", qos=1)
+    dev2.publish(f"outbox/{uid}/x", b"o")  # nobody may write outboxes: dropped
+    dev2.publish(f"shared/{uid}/end", b"", qos=1)  # dev1 (sneaky2) reads shared/
+    assert [t for t in topics_until(sneaky2, f"shared/{uid}/end") if uid in t] == [
+        f"shared/{uid}/end"]
+    assert not [m for m in drain(sneaky, 0.3) if uid in m.topic]
+
+
 # ---------------------------------------------------------------- run-time rules, live
 
 

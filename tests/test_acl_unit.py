@@ -238,3 +238,15 @@ def test_the_readme_example_means_what_it_says() -> None:
     assert not dashboard.may_write("devices/d1/cmd")
     d1 = rules.for_client("d1", "c")
     assert d1.may_write("devices/d1/secret") and not d1.may_read("devices/d2/state")
+
+
+def test_a_wildcard_in_a_username_or_client_id_never_widens_a_pattern() -> None:
+    rules = rules_of("pattern readwrite devices/%u/#\npattern read clients/%c/#\n"
+                     "pattern deny private/%c\nuser +\ntopic read private/#")
+    for username, cid in [("+", "c1"), ("#", "c1"), ("a+b", "c1"), ("u", "+"), ("u", "#"),
+                          ("u", "x/+/y")]:
+        acl = rules.for_client(username, cid)
+        assert not acl.may_read("devices/dev2/secret") and not acl.may_write("devices/dev2/x")
+        assert not acl.may_read("clients/other/state")
+    assert rules.for_client("+", "c1").may_read("private/a")  # its own user rules still apply
+    assert rules.for_client("u", "c/1").may_read("clients/c/1/x")  # a slash is no wildcard

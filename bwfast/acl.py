@@ -23,11 +23,14 @@ packets are handled (handlers, router, fast lane), through :class:`ClientAcl`.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from bwfast.topics import topic_matches, valid_filter
+
+log = logging.getLogger("bwfast.acl")
 
 READ, WRITE = 1, 2
 ACCESS_WORDS = ("read", "write", "readwrite", "deny")
@@ -86,8 +89,16 @@ def rule_from_value(value: list[str]) -> Rule:
 
 
 def stored_rules(store: Any) -> list[Rule]:
-    """Every run-time rule in LMDB (``store`` is a bwfast.store.Store)."""
-    return [rule_from_value(v) for _, v in store.items(DB)]
+    """Every run-time rule in LMDB (``store`` is a bwfast.store.Store). A row that
+    is not a valid rule is left out with a warning: one bad row must not stop
+    every other rule from loading."""
+    rules = []
+    for key, value in store.items(DB):
+        try:
+            rules.append(check_rule(*value))
+        except (AclError, TypeError, ValueError):
+            log.warning("acl: LMDB row %r is not a valid rule; left out", key[:80])
+    return rules
 
 
 # -- the acl_file ------------------------------------------------------------------------------

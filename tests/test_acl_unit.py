@@ -250,3 +250,21 @@ def test_a_wildcard_in_a_username_or_client_id_never_widens_a_pattern() -> None:
         assert not acl.may_read("clients/other/state")
     assert rules.for_client("+", "c1").may_read("private/a")  # its own user rules still apply
     assert rules.for_client("u", "c/1").may_read("clients/c/1/x")  # a slash is no wildcard
+
+
+def test_stored_rules_leave_out_bad_rows(tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
+    from bwfast.acl import DB, stored_rules
+    from bwfast.store import Store
+
+    store = Store(str(tmp_path))
+    try:
+        good = check_rule("username", "u", "a/#", "read")
+        store.put(DB, rule_key(good), rule_value(good))
+        store.put(DB, b"bad1", ["username", "u", "a/#/b", "read"])
+        store.put(DB, b"bad2", ["username", "u"])
+        store.put(DB, b"bad3", "not a list")
+        store.commit()
+        assert stored_rules(store) == [good]
+        assert caplog.text.count("not a valid rule") == 3
+    finally:
+        store.close()

@@ -189,7 +189,10 @@ def control(broker: Broker, command: str, args: dict[str, Any] | None = None) ->
     for i in range(broker.workers):
         with socket.socket(socket.AF_UNIX) as s:
             s.settimeout(5)
-            s.connect(str(broker.data_dir / "run" / f"worker-{i}.ctl"))
+            path = str(broker.data_dir / "run" / f"worker-{i}.ctl")
+            # A broker accepts MQTT once one worker listens; the others may still
+            # be starting (their control sockets come with their listeners).
+            eventually(lambda: s.connect_ex(path) == 0)  # noqa: B023 - used at once
             s.sendall(msgpack.packb(["api", 7, command, args or {}], use_bin_type=True))
             unpacker = msgpack.Unpacker(raw=False)
             while True:

@@ -50,8 +50,6 @@ def parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--quick", action="store_true", help="~2 minute smoke run")
     cmp_.add_argument("--brokers", default="bwfast,mosquitto", help="which brokers to run")
     cmp_.add_argument("--no-ceiling", action="store_true", help="skip the null-sink ceiling")
-    cmp_.add_argument("--acl-rules", type=int, default=0, metavar="N",
-                      help="both brokers with an acl_file of N rules (the ACL's cost)")
     cmp_.add_argument("--json", metavar="FILE", help="result file (default perf/results/<time>.json)")
     _case_flags(cmp_)
 

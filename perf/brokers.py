@@ -113,22 +113,8 @@ class Broker:
             pass
 
 
-def acl_file(workdir: Path, rules: int) -> Path:
-    """A Mosquitto-syntax acl_file of ``rules`` rules for the ACL's cost (issue 11):
-    the harness's clients (no username) may read and write everything; every other
-    rule is a ``pattern deny`` on topics nobody uses. Patterns apply to every
-    client, so each new (client, topic) decision is checked against all of them:
-    the dear case, that the per-client decision cache must absorb."""
-    path = workdir / "acl_file"
-    lines = ["# perf: the clients may use every topic; the rest only costs", "topic readwrite #"]
-    lines += [f"pattern deny nobody/{i}/%c/#" for i in range(max(0, rules - 1))]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def bwfast(workdir: Path, workers: int, acl_rules: int = 0) -> Broker:
-    """bwfast from this checkout, REST API off, queues big enough for the backlog scenario;
-    with ``acl_rules``, [acl] on with that many rules (acl_file above)."""
+def bwfast(workdir: Path, workers: int) -> Broker:
+    """bwfast from this checkout, REST API off, queues big enough for the backlog scenario."""
     port = free_port()
     data = workdir / "bwfast-data"
     conf = workdir / "bwfast.conf"
@@ -140,18 +126,15 @@ def bwfast(workdir: Path, workers: int, acl_rules: int = 0) -> Broker:
         f"data_dir = {data}\n"
         "max_inflight = 20\n"
         f"max_queued_messages = {QUEUE}\n"
-        "\n[api]\nenabled = false\n"
-        + (f"\n[acl]\nenabled = true\nfile = {acl_file(workdir, acl_rules)}\n"
-           if acl_rules else ""))
+        "\n[api]\nenabled = false\n")
     argv = [sys.executable, "-m", "bwfast", "--config", str(conf), "--port", str(port),
             "--workers", str(workers), "--data-dir", str(data)]
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     return Broker("bwfast", port, workdir, argv, {"PYTHONPATH": path})
 
 
-def mosquitto(workdir: Path, acl_rules: int = 0) -> Broker | None:
-    """Mosquitto as close to bwfast's settings as its config allows (the same acl_file
-    with ``acl_rules``); None if not installed."""
+def mosquitto(workdir: Path) -> Broker | None:
+    """Mosquitto as close to bwfast's settings as its config allows; None if not installed."""
     exe = shutil.which("mosquitto")
     if exe is None:
         return None
@@ -165,8 +148,7 @@ def mosquitto(workdir: Path, acl_rules: int = 0) -> Broker | None:
         "max_inflight_messages 20\n"
         "set_tcp_nodelay true\n"
         "log_dest stderr\n"
-        "log_type error\nlog_type warning\n"
-        + (f"acl_file {acl_file(workdir, acl_rules)}\n" if acl_rules else ""))
+        "log_type error\nlog_type warning\n")
     return Broker("mosquitto", port, workdir, [exe, "-c", str(conf)])
 
 

@@ -115,7 +115,6 @@ def main(args: argparse.Namespace, over: dict) -> int:
     data: dict = {"when": datetime.datetime.now().isoformat(timespec="seconds"),
                   "machine": machine(),
                   "settings": {"workers": args.workers, "rounds": rounds, "quick": args.quick,
-                               "acl_rules": args.acl_rules,
                                "procs": cases[0].procs},
                   "notes": [], "ceiling": [], "cases": [scenarios.describe(c) for c in cases],
                   "runs": []}
@@ -198,7 +197,7 @@ def _start(args: argparse.Namespace, tmp: Path, notes: list[str]) -> dict[str, B
     running: dict[str, Broker] = {}
     if "bwfast" in wanted:
         (tmp / "bwfast").mkdir()
-        broker = brokers_mod.bwfast(tmp / "bwfast", args.workers, args.acl_rules)
+        broker = brokers_mod.bwfast(tmp / "bwfast", args.workers)
         err = broker.start(settle=1.0)
         if err:
             _note(notes, f"bwfast did not start ({err}); continuing without it.")
@@ -206,7 +205,7 @@ def _start(args: argparse.Namespace, tmp: Path, notes: list[str]) -> dict[str, B
             running["bwfast"] = broker
     if "mosquitto" in wanted:
         (tmp / "mosquitto").mkdir()
-        mosq = brokers_mod.mosquitto(tmp / "mosquitto", args.acl_rules)
+        mosq = brokers_mod.mosquitto(tmp / "mosquitto")
         if mosq is None:
             _note(notes, "mosquitto is not on PATH: `apt-get install mosquitto` to compare "
                   "against it. Showing bwfast alone.")

@@ -80,24 +80,3 @@ def test_latency_through_forwarder_is_timestamped() -> None:
         res = scenarios.run_case(case, HOST, sink.port)
     assert res["samples"] > 500
     assert 0 < res["p50_ms"] <= res["p99_ms"] <= res["max_ms"] < 1000
-
-
-def test_acl_rules_option_makes_an_acl_file_both_brokers_read(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """`perf compare --acl-rules N`: N rules, the harness's clients keep every topic."""
-    from bwfast.acl import Rules, read_acl_file
-    from perf.brokers import acl_file, bwfast, mosquitto
-
-    args = parser().parse_args(["compare", "pairwise", "--acl-rules", "1000"])
-    assert args.acl_rules == 1000
-    rules = read_acl_file(str(acl_file(tmp_path, args.acl_rules)))
-    assert len(rules) == 1000
-    compiled = Rules()
-    compiled.load(rules)
-    client = compiled.for_client(None, "perf-pub-1")
-    assert client.may_write("b/x/p/00001") and client.may_read("b/x/p/00001")
-    assert "[acl]\nenabled = true\nfile = " in (
-        bwfast(tmp_path, 1, 10).workdir / "bwfast.conf").read_text()
-    mosq = mosquitto(tmp_path, 10)
-    if mosq is not None:
-        assert f"acl_file {tmp_path / 'acl_file'}" in (tmp_path / "mosquitto.conf").read_text()
-    assert "[acl]" not in (bwfast(tmp_path, 1).workdir / "bwfast.conf").read_text()

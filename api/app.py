@@ -19,10 +19,14 @@ from sanic import HTTPResponse, Sanic
 from sanic.exceptions import SanicException
 from sanic.request import Request
 
+from api import metrics
 from api.errors import APIError, fail_body
 from api.guard import dumps, reply
+from api.listing import Listing
+from api.live import Identity, provision, unprovision
 from api.ratelimit import LoginThrottle
-from api.routes import BLUEPRINTS
+from api.routes import BLUEPRINTS, console
+from api.stats import Sampler
 from api.tokens import Tokens
 from api.views import DeviceList
 from api.workers import Workers
@@ -89,8 +93,14 @@ def create_app(cfg: Config, store: Store, workers: Workers, name: str | None = N
     app.ctx.tokens = Tokens(store, cfg.api.token_ttl)
     app.ctx.throttle = LoginThrottle()
     app.ctx.devices = DeviceList(store)
+    app.ctx.listing = Listing(store)
+    app.ctx.sampler = Sampler(workers, store)
     for bp in BLUEPRINTS:
         app.blueprint(bp)
+    metrics.install(app)
+    app.blueprint(metrics.bp)
+    app.blueprint(console.bp)
+    app.ctx.live_ident = Identity()
     app.error_handler.add(Exception, on_error)
     return app
 
@@ -138,9 +148,14 @@ async def serve(cfg: Config, nworkers: int) -> int:
     await server.before_start()
     await server.after_start()
     pruner = asyncio.create_task(_prune(app.ctx.tokens))
+    app.ctx.live_ident = provision(cfg, store)
+    if cfg.acl.enabled:
+        asyncio.create_task(workers.acl_reload())  # the console's own read rule
+    app.ctx.sampler.start()
     log.info("REST API on http://%s:%d/bwiot/api/v1/", cfg.api.host, cfg.api.port)
     await stop.wait()
     pruner.cancel()
+    await app.ctx.sampler.stop()
     await server.before_stop()
     server.close()
     await _close_connections(server.connections)
@@ -148,6 +163,7 @@ async def serve(cfg: Config, nworkers: int) -> int:
         await asyncio.wait_for(asyncio.shield(server.wait_closed()), STOP_GRACE)
     await server.after_stop()
     await workers.close()
+    unprovision(store, app.ctx.live_ident)
     store.close()
     log.info("REST API stopped")
     return 0

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from api.openapi_manage import manage_paths
+
 BASE = "/bwiot/api/v1"
 
 
@@ -208,6 +210,7 @@ def _paths() -> dict[str, Any]:
         f"{BASE}/openapi.json": {"get": _op("This document", _ok({"type": "object"}),
                                             secured=False)},
         **_acl_paths(),
+        **manage_paths(BASE, _op, _ok, _json, _ref, _fields, _query, _listing),
     }
 
 

@@ -175,5 +175,24 @@ class Workers:
         errors = [str(a["error"]) for a in answers if a is not None and a.get("error")]
         return silent, errors[0] if errors else ""
 
+    async def client(self, clientid: str) -> dict[str, Any] | None:
+        """The session of ``clientid`` as the worker holding it describes it:
+        the connected one first (a moment after a takeover two may answer)."""
+        answers = [a for a in await self.broadcast("client", {"clientid": clientid})
+                   if a is not None and a.get("ok")]
+        answers.sort(key=lambda a: not a.get("connected"))
+        return answers[0] if answers else None
+
+    async def clear_queue(self, clientid: str) -> int | None:
+        """Messages dropped from ``clientid``'s offline queue; None if no worker has it."""
+        answers = [a for a in await self.broadcast("clear_queue", {"clientid": clientid})
+                   if a is not None and a.get("ok")]
+        return sum(int(a.get("cleared") or 0) for a in answers) if answers else None
+
+    async def stats(self) -> list[dict[str, Any] | None]:
+        """Every worker's figures (bwfast.observe.stats); None where one did not answer."""
+        answers = await self.broadcast("stats", {})
+        return [a if a is not None and a.get("ok") else None for a in answers]
+
     async def close(self) -> None:
         await asyncio.gather(*(link.close() for link in self.links))

@@ -23,11 +23,14 @@ packets are handled (handlers, router, fast lane), through :class:`ClientAcl`.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from bwfast.topics import topic_matches, valid_filter
+
+log = logging.getLogger("bwfast.acl")
 
 READ, WRITE = 1, 2
 ACCESS_WORDS = ("read", "write", "readwrite", "deny")
@@ -86,8 +89,16 @@ def rule_from_value(value: list[str]) -> Rule:
 
 
 def stored_rules(store: Any) -> list[Rule]:
-    """Every run-time rule in LMDB (``store`` is a bwfast.store.Store)."""
-    return [rule_from_value(v) for _, v in store.items(DB)]
+    """Every run-time rule in LMDB (``store`` is a bwfast.store.Store). A row that
+    is not a valid rule is left out with a warning: one bad row must not stop
+    every other rule from loading."""
+    rules = []
+    for key, value in store.items(DB):
+        try:
+            rules.append(check_rule(*value))
+        except (AclError, TypeError, ValueError):
+            log.warning("acl: LMDB row %r is not a valid rule; left out", key[:80])
+    return rules
 
 
 # -- the acl_file ------------------------------------------------------------------------------
@@ -214,12 +225,22 @@ class Rules:
         yield from self.clients.get(client_id, ())
         for filt, access in self.patterns:
             if "%u" in filt:
-                if username is None:
+                if username is None or _wild(username):
                     continue  # Mosquitto: %u patterns don't apply to anonymous clients
                 filt = filt.replace("%u", username)
             if "%c" in filt:
+                if _wild(client_id):
+                    continue
                 filt = filt.replace("%c", client_id)
             yield filt, access
+
+
+def _wild(name: str) -> bool:
+    """A username or client id with a wildcard must not widen a pattern: client id
+    "+" would turn ``clients/%c/#`` into every client's topics. A pattern meant for
+    it names topics that cannot exist (no topic name holds + or # [MQTT-4.7.1-1]),
+    so it is left out; Mosquitto denies such clients the patterns likewise."""
+    return "+" in name or "#" in name
 
 
 class ClientAcl:

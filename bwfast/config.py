@@ -158,6 +158,7 @@ class APIConfig:
     username: str = "admin"
     password: str = "admin"
     token_ttl: int = 3600
+    metrics_auth: bool = False  # true: GET /metrics needs the login token too
 
 
 def _host_name() -> str:
@@ -389,6 +390,7 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "username": _Key(_secret, raw=True),
         "password": _Key(_secret, raw=True),
         "token_ttl": _Key(_integer(1, 31_536_000)),
+        "metrics_auth": _Key(_boolean),
     },
     "cluster": {
         "enabled": _Key(_boolean),

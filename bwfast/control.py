@@ -21,6 +21,8 @@ and answers ``["reply", id, result]`` on the same connection. Commands:
   "generation": n, "error": ...}`` when the acl_file is bad (its previous rules
   are kept, the LMDB rules are applied all the same). ``generation`` is 0 with
   ``[acl] enabled = false``.
+- ``client``, ``clear_queue``, ``stats``: for the console and /metrics
+  (bwfast/observe.py).
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ import msgpack
 from bwfast.codes import ADMINISTRATIVE_ACTION
 from bwfast.datadir import DIR_MODE, secure_socket
 from bwfast.message import Message
+from bwfast.observe import COMMANDS
 from bwfast.topics import valid_topic
 
 if TYPE_CHECKING:
@@ -103,6 +106,8 @@ def run_command(worker: Worker, command: str, args: dict) -> tuple[dict, int]:
     """Run one API command; return (result, seq of peer confirmations to wait for)."""
     if command in KICKS:
         return KICKS[command](worker, args), 0
+    if command in COMMANDS:
+        return COMMANDS[command](worker, args), 0
     if command == "count":
         return {"ok": True, "count": worker.sessions.connected_count()}, 0
     if command == "acl_reload":

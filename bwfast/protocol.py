@@ -175,6 +175,9 @@ class Connection(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         if self.closing:
             return
+        kind = data[0] & 0xF6  # a QoS 1/2 PUBLISH: type 3 with QoS bits (dup, retain masked)
+        if kind == 0x32 or kind == 0x34:
+            self.worker.stats.count_sent(kind >> 1 & 3, len(data))
         out = self.out
         if not out:
             self.worker.mark_dirty(self)
@@ -222,6 +225,7 @@ class Connection(asyncio.Protocol):
     def reject(self, reason_code: int, v3_code: int) -> None:
         """Refuse a CONNECT with a CONNACK carrying the code, then close [MQTT-3.2.2-5]."""
         code = reason_code if self.version == MQTT5 else v3_code
+        self.worker.stats.refused += 1
         self.write(encode_connack(False, code, self.version or 4))
         self.close()
 

@@ -15,7 +15,10 @@ def compiled_modules() -> str:
 
 class Stats:
     __slots__ = ("msgs_received", "msgs_sent", "bytes_received", "bytes_sent", "dropped",
-                 "protocol_errors", "connects", "forwarded", "denied", "refused", "started")
+                 "protocol_errors", "connects", "forwarded", "denied", "refused",
+                 "received_qos1", "received_qos2", "payload_received_qos1",
+                 "payload_received_qos2", "sent_qos1", "sent_qos2", "packet_bytes_sent_qos1",
+                 "packet_bytes_sent_qos2", "started")
 
     def __init__(self) -> None:
         self.msgs_received = 0
@@ -27,8 +30,26 @@ class Stats:
         self.connects = 0
         self.forwarded = 0  # copies sent to peer workers (one per peer with a match)
         self.denied = 0     # PUBLISHes and wills the ACL refused
-        self.refused = 0    # CONNECTs refused by [broker] max_connections
+        self.refused = 0    # CONNECTs refused: a failing CONNACK, or max_connections (3.1.1: closed)
+        # The general path's QoS 1/2 PUBLISHes (bwfast.observe.count_qos); the rest is QoS 0.
+        self.received_qos1 = 0
+        self.received_qos2 = 0
+        self.payload_received_qos1 = 0
+        self.payload_received_qos2 = 0
+        # QoS 1/2 PUBLISH packets written to clients (Connection.write); the rest is QoS 0.
+        self.sent_qos1 = 0
+        self.sent_qos2 = 0
+        self.packet_bytes_sent_qos1 = 0
+        self.packet_bytes_sent_qos2 = 0
         self.started = time.time()
+
+    def count_sent(self, qos: int, size: int) -> None:
+        if qos == 1:
+            self.sent_qos1 += 1
+            self.packet_bytes_sent_qos1 += size
+        else:
+            self.sent_qos2 += 1
+            self.packet_bytes_sent_qos2 += size
 
     def snapshot(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in self.__slots__}

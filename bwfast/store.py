@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -38,6 +40,8 @@ DURABLE_DBS = frozenset({"sessions", "queue", "inflight", "retained", "auth", "m
 # on another worker right after our CONNACK must find us there (takeover).
 LAZY_DBS = frozenset({"devices", "events", "commands", "subs"})
 DEFAULT_MAP_SIZE = 8 << 30  # sparse file; grows on demand up to this
+# Upper bounds (seconds) of the commit latency histogram (/metrics).
+COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
 MAX_KEY = 480  # LMDB's limit is 511 bytes; a topic may be 65535
 
 
@@ -92,6 +96,9 @@ class Store:
         self._callbacks: list[Callable[[], None]] = []
         self._needs_sync = False
         self._urgent = False
+        # Commit latency: counts per COMMIT_BUCKETS bound (+ one over all), sum.
+        self._latency = [0] * (len(COMMIT_BUCKETS) + 1)
+        self._latency_sum = 0.0
         self._check_schema()
 
     # -- schema -----------------------------------------------------------------
@@ -150,6 +157,7 @@ class Store:
         needs_sync, self._needs_sync = self._needs_sync, False
         self._urgent = False
         if pending:
+            started = time.perf_counter()
             try:
                 self._write(pending, skip_bad=False)
             except lmdb.Error:
@@ -158,6 +166,9 @@ class Store:
                 self._write(pending, skip_bad=True)
             if needs_sync and self.sync:
                 self.env.sync(True)
+            took = time.perf_counter() - started
+            self._latency[bisect_left(COMMIT_BUCKETS, took)] += 1
+            self._latency_sum += took
         for cb in callbacks:
             try:
                 cb()
@@ -177,6 +188,11 @@ class Store:
                     if not skip_bad:
                         raise
                     log.error("dropped an LMDB write to %s (%d-byte key)", db, len(key))
+
+    def commit_latency(self) -> dict[str, Any]:
+        """The histogram of commit times: counts per bucket (not cumulative), sum."""
+        return {"bounds": list(COMMIT_BUCKETS), "counts": list(self._latency),
+                "sum": self._latency_sum}
 
     # -- reads --------------------------------------------------------------------
     def get(self, db: str, key: bytes) -> Any:
@@ -200,6 +216,33 @@ class Store:
                     break
                 out.append((bytes(key), unpack(raw)))
         return iter(out)
+
+    def page(self, db: str, prefix: bytes, after: bytes, limit: int) -> list[tuple[bytes, Any]]:
+        """Up to ``limit`` committed records under ``prefix`` whose key sorts after
+        ``after`` (b"": from the first), in key order: a page without reading the rest."""
+        out: list[tuple[bytes, Any]] = []
+        with self.env.begin(db=self.dbs[db]) as txn:
+            cur = txn.cursor()
+            if not cur.set_range(max(prefix, after)):
+                return out
+            for key, raw in cur:
+                if not key.startswith(prefix):
+                    break
+                if after and key == after:
+                    continue
+                out.append((bytes(key), unpack(raw)))
+                if len(out) >= limit:
+                    break
+        return out
+
+    def entries(self, db: str) -> int:
+        with self.env.begin() as txn:
+            return int(txn.stat(self.dbs[db])["entries"])
+
+    def size(self) -> int:
+        """Bytes of the environment in use (pages up to the last one written)."""
+        info = self.env.info()
+        return (int(info["last_pgno"]) + 1) * int(self.env.stat()["psize"])
 
     def delete_prefix(self, db: str, prefix: bytes) -> None:
         """Stage deletion of every committed and staged key under ``prefix``."""

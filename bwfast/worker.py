@@ -27,6 +27,7 @@ from bwfast.history import FLUSH_INTERVAL, History
 from bwfast.listeners import start_listeners
 from bwfast.message import Message
 from bwfast.nodes import REMOTE_BASE, NodeLink
+from bwfast.observe import count_qos
 from bwfast.protocol import Connection
 from bwfast.quota import Quota
 from bwfast.registry import SessionRegistry
@@ -69,6 +70,7 @@ class Worker:
         self.handlers = table()
         self.stats = Stats()
         self.quota = Quota(cfg.broker.max_connections, slots, index)
+        count_qos(self.handlers, self.stats)
         self.store = Store(cfg.broker.data_dir, sync=cfg.persistence.sync)
         self.router = Router()
         self.retained = RetainStore(self.store)

@@ -189,7 +189,10 @@ def control(broker: Broker, command: str, args: dict[str, Any] | None = None) ->
     for i in range(broker.workers):
         with socket.socket(socket.AF_UNIX) as s:
             s.settimeout(5)
-            s.connect(str(broker.data_dir / "run" / f"worker-{i}.ctl"))
+            path = str(broker.data_dir / "run" / f"worker-{i}.ctl")
+            # A broker accepts MQTT once one worker listens; the others may still
+            # be starting (their control sockets come with their listeners).
+            eventually(lambda: s.connect_ex(path) == 0)  # noqa: B023 - used at once
             s.sendall(msgpack.packb(["api", 7, command, args or {}], use_bin_type=True))
             unpacker = msgpack.Unpacker(raw=False)
             while True:
@@ -415,6 +418,25 @@ def test_anonymous_and_client_id_rules(ac: Clients, version: int) -> None:
     assert got == [(f"anon/{uid}/hello", b"1"), (f"anon/{uid}/end", b"7")]
 
 
+def test_a_wildcard_username_or_client_id_gains_nothing_from_patterns(
+        ac: Clients, version: int) -> None:
+    """Username "+" would make `devices/%u/#` every device's topics, client id "+"
+    `outbox/%c/#` everyone's outbox: such patterns are left out (as Mosquitto does)."""
+    uid = ac.uid
+    sneaky, pid = user(ac, version, "+")
+    no = refused(version)
+    assert sneaky.subscribe([("devices/+/#", 1), ("#", 1)]).codes == [no, 1]
+    sneaky2, _ = user(ac, version, "dev1", cid="+")
+    assert sneaky2.subscribe([("outbox/+/#", 1), ("#", 1)]).codes == [no, 1]
+    dev2, _ = user(ac, version, "dev2", away_from=pid)
+    dev2.publish(f"devices/dev2/{uid}/secret", b"s", qos=1)
+    dev2.publish(f"outbox/{uid}/x", b"o")  # nobody may write outboxes: dropped
+    dev2.publish(f"shared/{uid}/end", b"", qos=1)  # dev1 (sneaky2) reads shared/
+    assert [t for t in topics_until(sneaky2, f"shared/{uid}/end") if uid in t] == [
+        f"shared/{uid}/end"]
+    assert not [m for m in drain(sneaky, 0.3) if uid in m.topic]
+
+
 # ---------------------------------------------------------------- run-time rules, live
 
 
@@ -638,3 +660,76 @@ def test_acl_reload_with_the_acl_off_is_harmless(
     finally:
         clients.close_all()
 
+
+
+# ---------------------------------------------------------------- every listener
+
+
+def test_every_listener_enforces_the_same_rules(tmp_path: Path, workers: int) -> None:
+    """TLS and WSS with the certificate's CN as the username (device-7), WS and
+    plain MQTT anonymous: one set of rules on every listener."""
+    from test_tls_ws import Listeners, paho
+    from tls_helpers import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    path = tmp_path / "acl_file"
+    path.write_text("topic read public/#\npattern readwrite devices/%u/#\n")
+    broker = Listeners(tmp_path / "broker", pki, workers, identity=True)
+    broker.conf |= _acl_conf(path)
+    broker.write_conf()
+    broker.start()
+    made: list[Any] = []
+    try:
+        tls = paho(broker, "tls", pki, cert=pki.client)
+        wss = paho(broker, "wss", pki, cert=pki.client, protocol=V5)
+        ws = paho(broker, "ws", pki)
+        plain = paho(broker, "mqtt", pki, protocol=V5)
+        made += [tls, wss, ws, plain]
+        assert tls.subscribe("devices/other/#", 1) == [0x80]
+        assert wss.subscribe("devices/device-7/#", 1) == [1]
+        assert ws.subscribe("#", 1) == [1]  # anonymous: public/# only, checked per message
+        assert plain.subscribe("devices/+/state", 1) == [0x87]
+        ws.publish("devices/device-7/cmd", b"from ws", 1)  # anonymous may not write: dropped
+        plain.publish("public/news", b"anonymous may not write public/", 0)
+        tls.publish("devices/device-7/state", b"from tls", 1)
+        tls.publish("public/news", b"nor may device-7", 1)
+        got = wss.get_n(1)
+        assert [(m.topic, m.payload) for m in got] == [("devices/device-7/state", b"from tls")]
+        assert wss.drain(0.5) == [] and ws.drain(0.3) == []
+    finally:
+        for c in made:
+            c.close()
+        broker.stop()
+
+
+def test_sighup_reloads_the_workers_and_leaves_the_api_alone(
+        tmp_path: Path, workers: int) -> None:
+    """The supervisor forwards SIGHUP to the workers; the REST API process ignores
+    it, even sent to the whole process group: it keeps running (same pid, still
+    answering), and no worker restarts."""
+    from test_api_support import ApiBroker
+    from test_cluster_support import worker_pids
+
+    path = tmp_path / "acl_file"
+    path.write_text("topic read public/#\n")
+    api = ApiBroker(tmp_path / "broker", workers, **_acl_conf(path)).start()
+    clients = Clients(api.broker, f"hupapi{workers}")
+    try:
+        before = worker_pids(api.broker)
+        assert len(api.api_pids()) == 1
+        c, _ = user(clients, V311, None, broker=api.broker)
+        assert c.subscribe("news/#", 0).codes == [0x80]
+        path.write_text("topic read news/#\n")
+        assert api.broker.proc is not None
+        os.kill(api.broker.proc.pid, signal.SIGHUP)
+        eventually(lambda: c.subscribe("news/#", 0).codes == [0])
+        assert c.subscribe("public/#", 0).codes == [0x80]
+        # A hangup of the whole process group (a closed terminal) reaches the API too
+        os.killpg(api.broker.proc.pid, signal.SIGHUP)
+        time.sleep(0.5)
+        assert worker_pids(api.broker) == before
+        assert len(api.api_pids()) == 1 and api.login()
+        assert "exited" not in api.broker.log_tail()
+    finally:
+        clients.close_all()
+        api.stop()

@@ -223,3 +223,48 @@ def test_cache_is_bounded() -> None:
     for i in range(10_000):
         assert acl.may_read(f"t/{i}")
     assert len(acl.cache) <= 4096
+
+
+def test_the_readme_example_means_what_it_says() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("      # acl_file:", 1)[1].split("\n\n", 1)[0]
+    rules = Rules()
+    rules.load(parse_acl_file("# acl_file:" + block))
+    assert rules.for_client(None, "c").may_read("public/news")
+    dashboard = rules.for_client("dashboard", "c")
+    assert dashboard.may_read("devices/d1/state") and not dashboard.may_read("devices/d1/secret")
+    assert not dashboard.may_write("devices/d1/cmd")
+    d1 = rules.for_client("d1", "c")
+    assert d1.may_write("devices/d1/secret") and not d1.may_read("devices/d2/state")
+
+
+def test_a_wildcard_in_a_username_or_client_id_never_widens_a_pattern() -> None:
+    rules = rules_of("pattern readwrite devices/%u/#\npattern read clients/%c/#\n"
+                     "pattern deny private/%c\nuser +\ntopic read private/#")
+    for username, cid in [("+", "c1"), ("#", "c1"), ("a+b", "c1"), ("u", "+"), ("u", "#"),
+                          ("u", "x/+/y")]:
+        acl = rules.for_client(username, cid)
+        assert not acl.may_read("devices/dev2/secret") and not acl.may_write("devices/dev2/x")
+        assert not acl.may_read("clients/other/state")
+    assert rules.for_client("+", "c1").may_read("private/a")  # its own user rules still apply
+    assert rules.for_client("u", "c/1").may_read("clients/c/1/x")  # a slash is no wildcard
+
+
+def test_stored_rules_leave_out_bad_rows(tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
+    from bwfast.acl import DB, stored_rules
+    from bwfast.store import Store
+
+    store = Store(str(tmp_path))
+    try:
+        good = check_rule("username", "u", "a/#", "read")
+        store.put(DB, rule_key(good), rule_value(good))
+        store.put(DB, b"bad1", ["username", "u", "a/#/b", "read"])
+        store.put(DB, b"bad2", ["username", "u"])
+        store.put(DB, b"bad3", "not a list")
+        store.commit()
+        assert stored_rules(store) == [good]
+        assert caplog.text.count("not a valid rule") == 3
+    finally:
+        store.close()

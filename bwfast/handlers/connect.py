@@ -86,10 +86,10 @@ def handle_connect(conn: Connection, p: Any) -> None:
     if not worker.quota.take():
         # [broker] max_connections: v5 says why (Quota exceeded); 3.1.1 has no code
         # for it, so the connection just closes, as Mosquitto's max_connections does.
-        worker.stats.refused += 1
         if v5:
-            conn.reject(c.QUOTA_EXCEEDED, c.V3_SERVER_UNAVAILABLE)
+            conn.reject(c.QUOTA_EXCEEDED, c.V3_SERVER_UNAVAILABLE)  # counted in reject
         else:
+            worker.stats.refused += 1
             conn.close()
         return
     conn.counted = True

@@ -51,6 +51,7 @@ from bwfast.codes import UNSPECIFIED_ERROR
 from bwfast.message import Message
 from bwfast.nodeapi import NodeAPI
 from bwfast.nodekv import NodeKV
+from bwfast.nodesync import NodeSync
 
 if TYPE_CHECKING:
     from bwfast.worker import AckTarget, Worker
@@ -122,6 +123,7 @@ class NodeLink:
         self.tasks: list[asyncio.Task] = []
         self.kv = NodeKV(self)
         self.api = NodeAPI(self)
+        self.sync = NodeSync(self)
         self.node_figures: dict[str, tuple[float, list[int]]] = {}
 
     # -- connection ------------------------------------------------------------------------------
@@ -207,6 +209,7 @@ class NodeLink:
             try:
                 await self.kv.joined()
                 await self.api.joined()
+                await self.sync.joined()
                 return
             except Exception as e:  # noqa: BLE001 - JetStream not (yet) available
                 if not warned and self.index == 0:

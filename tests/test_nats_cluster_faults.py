@@ -13,10 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import nats
 import paho.mqtt.client as mqtt
 import pytest
-from conftest import Broker
+from conftest import Broker, free_port
 from mqtt_helpers import V311, PahoClient
 from nats_support import LEASE, NatsServer, cluster_of, node, wait_for
 
@@ -231,3 +232,76 @@ def _has_retained(made: list[Any], b: Broker) -> bool:
         return c.get(timeout=0.5).payload == b"r3"
     except AssertionError:
         return False
+
+
+def test_credentials_and_acl_rules_made_on_one_node_apply_on_every_node(
+        tmp_path: Path, workers: int, made: list[Any]) -> None:
+    """add_auth / add_acl / remove_auth through the REST API of node a: node b
+    (authentication and ACL on, default deny) accepts, authorizes and then
+    refuses that user."""
+    ns = NatsServer(tmp_path).start()
+    made.append(ns)
+    api_port = free_port()
+    secure = {"authentication.enabled": True, "acl.enabled": True}
+    a = node(tmp_path, "a", ns.url, workers, **secure, **{
+        "api.enabled": True, "api.port": api_port, "api.password": "sync-admin"})
+    b = node(tmp_path, "b", ns.url, workers, **secure)
+    made += [a.start(), b.start()]
+    wait_for(lambda: joined(a) and joined(b), what="joined")
+    http = httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=10)
+    wait_for(lambda: _api_up(http), what="REST API")
+    token = http.post("/bwiot/api/v1/login",
+                      json={"username": "admin", "password": "sync-admin"}).json()["access_token"]
+    auth = {"Authorization": f"Bearer {token}"}
+
+    def post(path: str, **fields: Any) -> None:
+        r = http.post(f"/bwiot/api/v1/{path}", headers=auth, json=fields)
+        assert r.status_code == 200, r.text
+
+    post("add_auth", username="dev1", password="pw-1")
+    wait_for(lambda: _connects(made, b, "dev1", "pw-1") == 0, what="dev1 accepted on b")
+    post("add_acl", username="dev1", topic="sync/#", access="readwrite")
+
+    def authorized_on_b() -> bool:
+        c = _user_client(made, b, "dev1", "pw-1")
+        c.connect()
+        c.subscribe("sync/x", 1)
+        c.publish("sync/x", b"mine", 1)
+        try:
+            return c.get(timeout=0.5).payload == b"mine"
+        except AssertionError:
+            return False
+        finally:
+            c.close()
+
+    wait_for(authorized_on_b, what="dev1's ACL rule applied on b")
+    post("remove_auth", username="dev1")
+    wait_for(lambda: _connects(made, b, "dev1", "pw-1") != 0, what="dev1 refused on b")
+    http.close()
+
+
+def _api_up(http: httpx.Client) -> bool:
+    try:
+        http.get("/bwiot/api/v1/")
+        return True
+    except httpx.HTTPError:
+        return False
+
+
+def _user_client(made: list[Any], b: Broker, user: str, password: str) -> PahoClient:
+    c = PahoClient(b.host, b.port, f"nf-{next(_ids)}", protocol=V311)
+    made.append(c)
+    c.client.username_pw_set(user, password)
+    return c
+
+
+def _connects(made: list[Any], b: Broker, user: str, password: str) -> int:
+    """The CONNACK return code for these credentials on node b."""
+    c = _user_client(made, b, user, password)
+    try:
+        _, rc, _ = c.connect()
+    except AssertionError:
+        return -1
+    finally:
+        c.close()
+    return int(rc)

@@ -141,6 +141,13 @@ class Workers:
         return [a["count"] if a is not None and a.get("ok") and isinstance(a.get("count"), int)
                 else None for a in answers]
 
+    async def nodes_rows(self, db: str) -> list[Any]:
+        """[cluster]: the other nodes' rows of ``db`` (devices, subs, wills); [] without."""
+        answer = await self.links[0].request("nodes_rows", {"db": db})
+        if answer is not None and answer.get("ok") and isinstance(answer.get("rows"), list):
+            return list(answer["rows"])
+        return []
+
     async def nodes_count(self) -> int:
         """[cluster]: clients connected to the other nodes (0 without a cluster)."""
         answer = await self.links[0].request("nodes_count", {})

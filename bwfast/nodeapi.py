@@ -25,7 +25,9 @@ log = logging.getLogger("bwfast.nodes")
 
 API = "bwfast.api"
 ASK_TIMEOUT = 1.5
-COMMANDS = {"nodes_count": "count", "nodes_send_client": "send_client"}
+COMMANDS = {"nodes_count": "count", "nodes_send_client": "send_client", "nodes_rows": "rows"}
+ROW_DBS = ("devices", "subs", "wills")  # what the REST listings read
+MAX_REPLY = 900_000  # bytes: under NATS max_payload (1 MB by default)
 
 
 class NodeAPI:
@@ -44,9 +46,25 @@ class NodeAPI:
             return
         if node == self.link.node or command not in COMMANDS.values() or not m.reply:
             return
+        if command == "rows":
+            if self.link.index == 0:  # one LMDB per node: worker 0 answers for it
+                await m.respond(self._rows(args.get("db")))
+            return
         result, _ = run_command(self.link.worker, command, args)
         self.link.worker.schedule_tick()
         await m.respond(msgpack.packb(result))
+
+    def _rows(self, db: Any) -> bytes:
+        """This node's rows of a listing's database, cut to fit one NATS message."""
+        if db not in ROW_DBS:
+            return msgpack.packb({"ok": False, "error": "unknown db"})
+        rows = [[k, v] for k, v in self.link.worker.store.items(db)]
+        data = msgpack.packb({"ok": True, "rows": rows, "node": self.link.node})
+        while len(data) > MAX_REPLY and rows:
+            rows = rows[: len(rows) * MAX_REPLY // len(data) - 1]
+            data = msgpack.packb({"ok": True, "rows": rows, "node": self.link.node,
+                                  "partial": True})
+        return data
 
     async def ask(self, command: str, args: dict[str, Any]) -> dict[str, Any]:
         """Run a control command on every other node's workers; the combined answer."""
@@ -57,6 +75,8 @@ class NodeAPI:
         if nc is None or not link.connected:
             return {"ok": False, "error": "not joined to the cluster"}
         expected = len(link.heard)
+        if command == "nodes_rows":
+            expected = len({node for node, _ in link.heard})
         answers: list[dict] = []
         done = asyncio.Event()
         inbox = nc.new_inbox()
@@ -86,6 +106,9 @@ class NodeAPI:
         if command == "nodes_count":
             return {"ok": True, "count": sum(int(a.get("count") or 0) for a in answers),
                     "answered": len(answers), "expected": expected}
+        if command == "nodes_rows":
+            return {"ok": True, "rows": [r for a in answers for r in a.get("rows") or ()],
+                    "partial": any(a.get("partial") for a in answers) or len(answers) < expected}
         return {"ok": any(a.get("ok") for a in answers)}
 
     def run(self, reply: Any, req: int, command: str, args: dict[str, Any]) -> None:

@@ -288,6 +288,20 @@ def test_rest_on_one_node_sees_and_reaches_clients_of_every_node(cl: Nodes) -> N
                   json={"topic": t, "message": "to all", "qos": 1})
     assert r.status_code == 200, r.text
     assert far.get().payload == b"to all"
+    far_id = far.client._client_id.decode()
+    willing = cl.client(cl.b, cid=f"rest-will-{next(_ids)}", connect=False)
+    willing.will("rest/will", b"bye", 1)
+    willing.connect()
+
+    def listed(path: str, **params: object) -> str:
+        r = http.get(f"/bwiot/api/v1/{path}", headers=auth, params=params)
+        return r.text if r.status_code == 200 else ""
+
+    wait_for(lambda: far_id in listed("devices", limit=1000), what="c's device listed on a")
+    wait_for(lambda: far_id in listed("connected_devices"), what="c's device connected")
+    wait_for(lambda: t in listed("subscriptions"), what="c's subscription listed on a")
+    wait_for(lambda: t in listed("subscriptions", device_id=far_id), what="by device id")
+    wait_for(lambda: "rest/will" in listed("wills"), what="b's will listed on a")
     http.close()
 
 

@@ -11,7 +11,7 @@ import math
 from sanic import Blueprint, HTTPResponse
 from sanic.request import Request
 
-from api import views
+from api import nodes, views
 from api.errors import NotFound, fail_body
 from api.guard import authorized, no_data, success
 from api.params import Params
@@ -36,7 +36,7 @@ async def devices(request: Request) -> HTTPResponse:
     params = Params(request)
     page = params.integer("page", 1, 1, 10**9)
     limit = params.integer("limit", PAGE_LIMIT, 1, MAX_PAGE_LIMIT)
-    rows = request.app.ctx.devices.rows()
+    rows = await nodes.device_rows(request.app.ctx)  # [cluster]: every node's
     pages = math.ceil(len(rows) / limit)
     if page > pages:
         raise NotFound(fail_body("No Device / Invalid Page"))
@@ -49,7 +49,8 @@ async def devices(request: Request) -> HTTPResponse:
 @authorized
 async def connected_devices(request: Request) -> HTTPResponse:
     """Active devices, numbered from "1" in the order they connected."""
-    rows = [r for _, r in request.app.ctx.devices.rows() if r.get("status") == "active"]
+    rows = [r for _, r in await nodes.device_rows(request.app.ctx)
+            if r.get("status") == "active"]
     rows.reverse()
     ids = {str(n): views.device_row(b"", r)["device_id"] for n, r in enumerate(rows, 1)}
     return success(devices=ids)
@@ -61,12 +62,18 @@ async def subscriptions(request: Request) -> HTTPResponse:
     """Every subscription of every device, or of ``device_id`` only."""
     device_id = _device_id(Params(request), required=False)
     store = request.app.ctx.store
+    ctx = request.app.ctx
     if device_id is not None:
         rec = views.lookup(store, "subs", device_id)
+        if rec is None and ctx.cluster:
+            rec = dict(await nodes.rows(ctx, "subs")).get(device_id)
         found = [(device_id, rec)] if isinstance(rec, dict) else []
+    elif ctx.cluster:
+        found = [(cid, r) for cid, r in await nodes.rows(ctx, "subs") if isinstance(r, dict)]
     else:
         found = [(views.key_text(k), r) for k, r in store.items("subs") if isinstance(r, dict)]
-    names = request.app.ctx.devices.names()
+    names = (nodes.names(await nodes.device_rows(ctx)) if ctx.cluster
+             else ctx.devices.names())
     rows = [{"topic": f, "device_name": names.get(cid, cid), "QoS": qos, "device_id": cid}
             for cid, subs in found for f, qos in sorted(subs.items())]
     return success(subscriptions=rows) if rows else no_data()
@@ -101,11 +108,18 @@ async def wills(request: Request) -> HTTPResponse:
     """The will each device has right now, or ``device_id``'s only."""
     device_id = _device_id(Params(request), required=False)
     store = request.app.ctx.store
+    ctx = request.app.ctx
     if device_id is not None:
-        found = [(device_id, views.lookup(store, "wills", device_id))]
+        rec = views.lookup(store, "wills", device_id)
+        if rec is None and ctx.cluster:
+            rec = dict(await nodes.rows(ctx, "wills")).get(device_id)
+        found = [(device_id, rec)]
+    elif ctx.cluster:
+        found = await nodes.rows(ctx, "wills")
     else:
         found = [(views.key_text(k), r) for k, r in store.items("wills")]
-    names = request.app.ctx.devices.names() if found else {}
+    names = ((nodes.names(await nodes.device_rows(ctx)) if ctx.cluster
+              else ctx.devices.names()) if found else {})
     rows = [row for cid, rec in found
             if (row := views.will_row(cid, names.get(cid, cid), rec)) is not None]
     return success(will=rows) if rows else no_data()

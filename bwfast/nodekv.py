@@ -35,7 +35,6 @@ log = logging.getLogger("bwfast.nodes")
 RETAINED = "bwfast_retained"
 CLIENTS = "bwfast_clients"
 TAKE_TIMEOUT = 2.0
-NOBODY_DELAY = 0.3  # seconds before worker 0 says no worker of this node holds a client id
 
 
 def kv_key(text: str) -> str:
@@ -157,15 +156,40 @@ class NodeKV:
         owner = entry.value.decode() if entry.value else ""
         if not owner or owner == self.link.node:
             return
-        try:
-            reply = await self.link.nc.request(
-                take_subject(owner), msgpack.packb([cid, clean, self.link.node]),
-                timeout=TAKE_TIMEOUT)
-        except Exception:  # noqa: BLE001 - the node is gone or nobody holds it
-            return
-        data = msgpack.unpackb(reply.data, raw=False, strict_map_key=False)
+        data = await self._ask_owner(owner, cid, clean)
         if data and not clean:
             self._install(cid, data)
+
+    async def _ask_owner(self, owner: str, cid: str, clean: bool) -> Any:
+        """Every worker of ``owner`` answers: the holder with the session (or None
+        for a clean start), the others None. We wait for the holder's answer, or
+        for all of them, or TAKE_TIMEOUT (the node is gone)."""
+        nc = self.link.nc
+        expected = self.link.node_workers.get(owner, 1 << 30)  # unknown: wait for the holder
+        answers: list[Any] = []
+        done = asyncio.Event()
+
+        async def on_reply(m: Any) -> None:
+            try:
+                holder, data = msgpack.unpackb(m.data, raw=False, strict_map_key=False)
+            except Exception:  # noqa: BLE001
+                return
+            answers.append(data)
+            if holder or len(answers) >= expected:
+                done.set()
+
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox, cb=on_reply)
+        try:
+            await nc.publish(take_subject(owner), msgpack.packb([cid, clean, self.link.node]),
+                             reply=inbox)
+            try:
+                await asyncio.wait_for(done.wait(), TAKE_TIMEOUT)
+            except TimeoutError:
+                pass
+        finally:
+            await sub.unsubscribe()
+        return next((a for a in answers if a), None)
 
     def _install(self, cid: str, data: dict) -> None:
         """Write the handed-over session into our LMDB and load it here."""
@@ -190,11 +214,7 @@ class NodeKV:
         sessions = self.worker.sessions
         session = sessions.sessions.get(cid)
         if session is None:
-            if self.worker.index == 0:
-                # Nobody here holds it, unless a peer worker does: its answer comes first
-                # (the requester takes the first answer), ours after a pause.
-                await asyncio.sleep(NOBODY_DELAY)
-                await m.respond(msgpack.packb(None))
+            await m.respond(msgpack.packb([False, None]))  # not this worker
             return
         if session.conn is not None:
             sessions._take_over(session, clean)
@@ -211,7 +231,7 @@ class NodeKV:
                     "entries": entries, "qos2": sorted(session.qos2_in)}
         sessions.destroy(session, publish_will=False)
         self.worker.schedule_tick()
-        await m.respond(msgpack.packb(data))
+        await m.respond(msgpack.packb([True, data]))
 
 
 async def _bucket(js: Any, name: str) -> Any:

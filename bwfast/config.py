@@ -181,6 +181,7 @@ class ClusterConfig:
     tls_certfile: str = ""
     tls_keyfile: str = ""
     lease: int = 10  # seconds without a word from a node before its routes are dropped
+    durable_sessions: bool = False  # persistent sessions also in JetStream (nodedurable.py)
 
     @property
     def node_name(self) -> str:
@@ -403,6 +404,7 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "tls_certfile": _Key(_optional_file, raw=True),
         "tls_keyfile": _Key(_optional_file, raw=True),
         "lease": _Key(_integer(2, 3600)),
+        "durable_sessions": _Key(_boolean),
     },
 }
 

@@ -156,11 +156,13 @@ class NodeKV:
         owner = entry.value.decode() if entry.value else ""
         if not owner or owner == self.link.node:
             return
-        data = await self._ask_owner(owner, cid, clean)
+        data, answered = await self._ask_owner(owner, cid, clean)
+        if not answered and self.link.durable is not None:
+            data = await self.link.durable.left_by(owner, cid)  # its node is gone
         if data and not clean:
             self._install(cid, data)
 
-    async def _ask_owner(self, owner: str, cid: str, clean: bool) -> Any:
+    async def _ask_owner(self, owner: str, cid: str, clean: bool) -> tuple[Any, int]:
         """Every worker of ``owner`` answers: the holder with the session (or None
         for a clean start), the others None. We wait for the holder's answer, or
         for all of them, or TAKE_TIMEOUT (the node is gone)."""
@@ -189,7 +191,7 @@ class NodeKV:
                 pass
         finally:
             await sub.unsubscribe()
-        return next((a for a in answers if a), None)
+        return next((a for a in answers if a), None), len(answers)
 
     def _install(self, cid: str, data: dict) -> None:
         """Write the handed-over session into our LMDB and load it here."""
@@ -218,20 +220,23 @@ class NodeKV:
             return
         if session.conn is not None:
             sessions._take_over(session, clean)
-        data = None
-        if not clean and session.persistent:
-            entries = []
-            for pid, e in session.inflight.items():
-                entries.append([e[1].to_record(), e[2], e[3], e[4], pid, e[0]])
-            for e in session.queue or ():
-                entries.append([e[1].to_record(), e[2], e[3], e[4], 0, e[0]])
-            data = {"rec": {"v": session.version, "e": session.expiry,
-                            "s": {f: o.to_record() for f, o in session.subs.items()},
-                            "d": time.time(), "p": session.next_pid, "f": -1},
-                    "entries": entries, "qos2": sorted(session.qos2_in)}
+        data = session_data(session) if not clean and session.persistent else None
         sessions.destroy(session, publish_will=False)
         self.worker.schedule_tick()
         await m.respond(msgpack.packb([True, data]))
+
+
+def session_data(session: Any) -> dict:
+    """A persistent session as another node installs it (see _install)."""
+    entries = []
+    for pid, e in session.inflight.items():
+        entries.append([e[1].to_record(), e[2], e[3], e[4], pid, e[0]])
+    for e in session.queue or ():
+        entries.append([e[1].to_record(), e[2], e[3], e[4], 0, e[0]])
+    return {"rec": {"v": session.version, "e": session.expiry,
+                    "s": {f: o.to_record() for f, o in session.subs.items()},
+                    "d": session.disconnected_at or time.time(), "p": session.next_pid, "f": -1},
+            "entries": entries, "qos2": sorted(session.qos2_in)}
 
 
 async def _bucket(js: Any, name: str) -> Any:

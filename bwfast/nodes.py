@@ -50,6 +50,7 @@ from nats.protocol.command import pub_cmd
 from bwfast.codes import UNSPECIFIED_ERROR
 from bwfast.message import Message
 from bwfast.nodeapi import NodeAPI
+from bwfast.nodedurable import DurableSessions
 from bwfast.nodekv import NodeKV
 from bwfast.nodesync import NodeSync
 
@@ -124,6 +125,7 @@ class NodeLink:
         self.kv = NodeKV(self)
         self.api = NodeAPI(self)
         self.sync = NodeSync(self)
+        self.durable = DurableSessions(self) if self.cfg.durable_sessions else None
         self.node_figures: dict[str, tuple[float, list[int]]] = {}
 
     # -- connection ------------------------------------------------------------------------------
@@ -210,6 +212,8 @@ class NodeLink:
                 await self.kv.joined()
                 await self.api.joined()
                 await self.sync.joined()
+                if self.durable is not None:
+                    await self.durable.joined()
                 return
             except Exception as e:  # noqa: BLE001 - JetStream not (yet) available
                 if not warned and self.index == 0:

@@ -305,3 +305,34 @@ def _connects(made: list[Any], b: Broker, user: str, password: str) -> int:
     finally:
         c.close()
     return int(rc)
+
+
+def test_durable_sessions_resume_on_another_node_when_theirs_is_gone(
+        tmp_path: Path, workers: int, made: list[Any]) -> None:
+    """[cluster] durable_sessions = true: a persistent session on node c with queued
+    QoS 1 messages is resumed on node b after c is SIGKILLed (session present,
+    the queue delivered); with it off the same client gets a new session (see
+    test_node_killed_under_traffic)."""
+    ns = NatsServer(tmp_path).start()
+    made.append(ns)
+    a, b, c = (node(tmp_path, n, ns.url, workers, **{"cluster.durable_sessions": True})
+               for n in "abc")
+    for n in (a, b, c):
+        made.append(n.start())
+    wait_for(lambda: all(joined(n) for n in (a, b, c)), what="joined")
+    t = "nf/durable"
+    first = client(made, c, cid="durable-1", clean=False)
+    first.subscribe(t, 1)
+    first.close()
+    pub = client(made, a)
+    for i in range(5):
+        pub.publish(t, f"d{i}".encode(), 1)
+    time.sleep(1.5)  # the snapshot is written within 0.5 s of a change
+    c.kill9()
+    again = PahoClient(b.host, b.port, "durable-1", clean=False)
+    made.append(again)
+    present, rc, _ = again.connect()
+    assert rc == 0 and present
+    assert [m.payload for m in again.get_n(5)] == [f"d{i}".encode() for i in range(5)]
+    pub.publish(t, b"after", 1)  # the subscription lives on node b now
+    assert again.get().payload == b"after"

@@ -14,11 +14,12 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable, MutableSequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol
 
 from bwfast import codes as c
 from bwfast.acl import AclError, Rule, Rules, read_acl_file, stored_rules
-from bwfast.auth import VerifiedCache, verify_password
+from bwfast.auth import VerifiedCache, cheap, verify_password
 from bwfast.cluster import Cluster
 from bwfast.control import start_control
 from bwfast.fastpath import Lane
@@ -75,6 +76,7 @@ class Worker:
         self.sessions = SessionRegistry(self)
         self.history = History(self.store, index)
         self.verified = VerifiedCache()
+        self._hashers: ThreadPoolExecutor | None = None
         self.cluster: Cluster | None = Cluster(self, nworkers) if nworkers > 1 else None
         self.router.history = self.history
         if self.cluster is not None:
@@ -155,6 +157,8 @@ class Worker:
         for conn in list(self.conns):
             conn.will_on_close = False
             conn.disconnect(c.SERVER_SHUTTING_DOWN, "server shutting down")
+        if self._hashers is not None:  # queued checks of CONNECTs that are being closed
+            self._hashers.shutdown(wait=False, cancel_futures=True)
         self.sessions.shutdown()
         self.history.flush()
         self.history.mark_all_inactive()
@@ -337,9 +341,12 @@ class Worker:
                      done: Callable[[int], None]) -> None:
         """Call ``done(0)`` when the CONNECT may proceed, else ``done(reason code)``.
 
-        A password seen before is checked at once (VerifiedCache); a new one runs
-        scrypt in a thread (it releases the GIL), so a storm of first CONNECTs
-        never stalls the loop that carries everyone's messages.
+        A password seen before is checked at once (VerifiedCache), and so is a
+        record that is cheap to check (bwfast.auth.cheap: PBKDF2 at the default
+        ~0.1-0.2 ms costs less than the hop to a thread and back). A costly one
+        (scrypt, many iterations) runs in this worker's hashing threads (the
+        hashes release the GIL), so a storm of first CONNECTs never stalls the
+        loop that carries everyone's messages.
         """
         if not self.cfg.authentication.enabled:
             done(0)
@@ -349,6 +356,10 @@ class Worker:
             return
         record = self.store.get("auth", username.encode())
         known = self.verified.lookup(username, record, password)
+        if known is None and record is not None and cheap(record):
+            known = verify_password(record, password)
+            if known:
+                self.verified.remember(username, record, password)
         if known is not None:
             done(0 if known else c.BAD_USERNAME_OR_PASSWORD)
             return
@@ -364,7 +375,10 @@ class Worker:
             done(0 if ok else c.BAD_USERNAME_OR_PASSWORD)
             self.schedule_tick()
 
-        self.loop.run_in_executor(None, verify_password, record, password).add_done_callback(checked)
+        if self._hashers is None:  # one thread per core: more only queue for the same CPUs
+            self._hashers = ThreadPoolExecutor(os.cpu_count() or 1, "bwfast-auth")
+        self.loop.run_in_executor(self._hashers, verify_password, record, password
+                                  ).add_done_callback(checked)
 
     def on_connected(self, conn: Connection) -> None:
         self.stats.connects += 1

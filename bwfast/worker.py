@@ -53,8 +53,6 @@ class AckTarget(Protocol):
 
 CONNECT_TIMEOUT = 10.0  # seconds a socket may stay open without a CONNECT
 SCAN_INTERVAL = 0.25    # keepalive / clock granularity
-COMMIT_GAP = 0.001      # seconds between two LMDB commits at most (see _tick)
-LAZY_COMMIT_GAP = 0.05  # ... when nothing waits for the commit (Store.urgent)
 
 
 class Worker:
@@ -87,7 +85,6 @@ class Worker:
         self.servers: list[asyncio.AbstractServer] = []
         self._dirty: list[Connection] = []
         self._tick_scheduled = False
-        self._last_commit = 0.0
         self._commit_timer: asyncio.TimerHandle | None = None
         self._commit_at = 0.0
         self._stopping = False
@@ -188,15 +185,12 @@ class Worker:
             self.announce_routes()
         store = self.store
         if store.dirty:
-            # Group commit: at most one LMDB transaction per COMMIT_GAP. At light
-            # load every iteration commits at once; under a storm of CONNECTs or
-            # QoS 1 messages each transaction carries many (one commit costs
-            # several page writes, whatever it holds).
+            # Group commit (Store.commit_wait): at light load every iteration
+            # commits at once; under a storm each transaction carries many.
             now = time.monotonic()
-            wait = self._last_commit + (COMMIT_GAP if store.urgent else LAZY_COMMIT_GAP) - now
+            wait = store.commit_wait(now)
             if wait <= 0:
-                self._last_commit = now
-                store.commit()
+                store.commit(now)
             elif self._commit_timer is None or self._commit_at > now + wait:
                 if self._commit_timer is not None:
                     self._commit_timer.cancel()

@@ -5,6 +5,7 @@ failed-login lockout. A real broker with [authentication] enabled, 2 workers.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
@@ -39,6 +40,8 @@ from test_api_support import (
     wait_port,
 )
 from test_cluster_support import owner_pid
+
+from bwfast.store import Store
 
 pytestmark = pytest.mark.bwfast_only
 
@@ -307,6 +310,24 @@ def test_passwd_iterations(api: ApiBroker) -> None:
     assert_connects(api, user, "pw", ok=True)
     assert_connects(api, user, "other", ok=False)
     assert _passwd(api, "set", user, "--password", "pw", "--iterations", "0").returncode == 2
+    assert _passwd(api, "remove", user).returncode == 0
+
+
+def test_scrypt_records_of_earlier_versions_still_connect(api: ApiBroker) -> None:
+    """A record written by an earlier bwfast (scrypt, before PBKDF2-SHA512) is
+    checked in the hashing threads and still lets its device in."""
+    user = f"old-{uuid.uuid4().hex[:6]}"
+    salt = os.urandom(16)
+    record = {"alg": "scrypt", "n": 1 << 10, "r": 8, "p": 1, "salt": salt,
+              "hash": hashlib.scrypt(b"legacy", salt=salt, n=1 << 10, r=8, p=1, dklen=32)}
+    store = Store(str(api.data_dir))
+    try:
+        store.put("auth", user.encode(), record)
+        store.commit()
+    finally:
+        store.close()
+    assert_connects(api, user, "legacy", ok=True)
+    assert_connects(api, user, "other", ok=False)
     assert _passwd(api, "remove", user).returncode == 0
 
 

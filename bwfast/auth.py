@@ -9,7 +9,12 @@ per device, and scrypt at n=2^14 costs ~40-100 ms of CPU each, minutes for
 count lives in each record, so it can be raised per user (`bwfast passwd
 --iterations`) without breaking the others. `$6$` records (Mosquitto 1.x:
 one salted SHA512, not iterated) are verified so an old password file can be
-imported, and the import warns that they are weak.
+imported, and the import warns that they are weak. Records of the other
+formats (scrypt, `$6$`) are rewritten as PBKDF2-SHA512 on the device's next
+successful CONNECT (`check`, `Store.replace_if`): the broker only ever has the
+password then, and without it existing devices would pay scrypt after every
+restart for good. (For scrypt that trades its memory-hardness for the same
+cost as every new record: the policy is one cost for all.)
 """
 from __future__ import annotations
 
@@ -39,6 +44,15 @@ def hash_password(password: str | bytes, iterations: int = ITERATIONS) -> dict[s
     salt = os.urandom(SALT_LEN)
     digest = hashlib.pbkdf2_hmac("sha512", _bytes(password), salt, iterations)
     return {"alg": PBKDF2, "iterations": iterations, "salt": salt, "hash": digest}
+
+
+def check(record: dict[str, Any] | None, password: bytes) -> tuple[bool, dict[str, Any] | None]:
+    """verify_password, and when it passes on a record of another format than new
+    ones (scrypt, `$6$`), the PBKDF2-SHA512 record to store instead."""
+    ok = verify_password(record, password)
+    if ok and record is not None and record.get("alg") != PBKDF2:
+        return True, hash_password(password)
+    return ok, None
 
 
 def cheap(record: dict[str, Any]) -> bool:

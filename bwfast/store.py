@@ -225,6 +225,19 @@ class Store:
         return {"bounds": list(COMMIT_BUCKETS), "counts": list(self._latency),
                 "sum": self._latency_sum}
 
+    def replace_if(self, db: str, key: bytes, expected: Any, value: Any) -> bool:
+        """Write ``value`` at once, in its own transaction, only if the committed
+        record is still ``expected``: LMDB serialises writers across processes, so
+        a change committed meanwhile by another process (the REST API's edit_auth)
+        is never overwritten. Not fsynced: losing it in a power cut loses nothing."""
+        key, db_ = dbkey(key), self.dbs[db]
+        with self.env.begin(write=True) as txn:
+            raw = txn.get(key, db=db_)
+            if raw is None or unpack(raw) != expected:
+                return False
+            txn.put(key, pack(value), db=db_)
+        return True
+
     # -- reads --------------------------------------------------------------------
     def get(self, db: str, key: bytes) -> Any:
         key = dbkey(key)

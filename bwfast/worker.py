@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from bwfast import codes as c
 from bwfast.acl import AclError, Rule, Rules, read_acl_file, stored_rules
-from bwfast.auth import VerifiedCache, cheap, verify_password
+from bwfast.auth import VerifiedCache, cheap, check
 from bwfast.cluster import Cluster
 from bwfast.control import start_control
 from bwfast.fastpath import Lane
@@ -340,7 +340,8 @@ class Worker:
         costs ~64 us of CPU, the hop to a thread and back ~34 us more). A costly one
         (scrypt, many iterations) runs in this worker's hashing threads (the
         hashes release the GIL), so a storm of first CONNECTs never stalls the
-        loop that carries everyone's messages.
+        loop that carries everyone's messages. A record of an older format
+        (scrypt, `$6$`) that passes is rewritten as PBKDF2-SHA512 (bwfast.auth.check).
         """
         if not self.cfg.authentication.enabled:
             done(0)
@@ -348,31 +349,41 @@ class Worker:
         if not username or password is None:
             done(c.BAD_USERNAME_OR_PASSWORD)
             return
-        record = self.store.get("auth", username.encode())
+        key = username.encode()
+        record = self.store.get("auth", key)
         known = self.verified.lookup(username, record, password)
         if known is None and record is not None and cheap(record):
-            known = verify_password(record, password)
-            if known:
-                self.verified.remember(username, record, password)
+            known, newer = check(record, password)
+            self._verified(username, key, record, password, known, newer)
         if known is not None:
             done(0 if known else c.BAD_USERNAME_OR_PASSWORD)
             return
 
         def checked(fut: asyncio.Future) -> None:
-            ok = not fut.cancelled() and fut.exception() is None and fut.result()
-            if ok and self.store.get("auth", username.encode()) != record:
-                # Removed or changed (remove_auth / edit_auth) while scrypt ran: the
+            ok, newer = (False, None) if fut.cancelled() or fut.exception() else fut.result()
+            if ok and self.store.get("auth", key) != record:
+                # Removed or changed (remove_auth / edit_auth) while the hash ran: the
                 # revocation's kick could not see this CONNECT yet, so refuse it here.
                 ok = False
-            if ok:
-                self.verified.remember(username, record, password)
+            self._verified(username, key, record, password, ok, newer)
             done(0 if ok else c.BAD_USERNAME_OR_PASSWORD)
             self.schedule_tick()
 
         if self._hashers is None:  # one thread per core: more only queue for the same CPUs
             self._hashers = ThreadPoolExecutor(os.cpu_count() or 1, "bwfast-auth")
-        self.loop.run_in_executor(self._hashers, verify_password, record, password
+        self.loop.run_in_executor(self._hashers, check, record, password
                                   ).add_done_callback(checked)
+
+    def _verified(self, username: str, key: bytes, record: dict[str, Any] | None,
+                  password: bytes, ok: bool, newer: dict[str, Any] | None) -> None:
+        """Remember a passed check; store the upgraded record unless the user's
+        record changed meanwhile (edit_auth, remove_auth)."""
+        if not ok or record is None:
+            return
+        if newer is not None and not self._stopping and self.store.replace_if(
+                "auth", key, record, newer):
+            record = newer
+        self.verified.remember(username, record, password)
 
     def on_connected(self, conn: Connection) -> None:
         self.stats.connects += 1

@@ -286,7 +286,10 @@ def test_passwd_import_of_a_mosquitto_password_file(api: ApiBroker, tmp_path) ->
     assert "imported 2 users" in r.stdout and "1 $6$ hashes" in r.stderr
     assert_connects(api, pbkdf2, "pw-7", ok=True)
     assert_connects(api, pbkdf2, "pw-6", ok=False)
+    assert _stored(api, old)["alg"] == "sha512"
     assert_connects(api, old, "pw-6", ok=True)
+    assert _stored(api, old)["alg"] == "pbkdf2-sha512"  # the weak $6$ hash is gone
+    assert_connects(api, old, "pw-7", ok=False)
     assert_connects(api, kept, "mine", ok=True)  # users not in the file are left alone
 
     # one bad line (a plain-text password) and nothing is written, not even the good ones
@@ -315,7 +318,8 @@ def test_passwd_iterations(api: ApiBroker) -> None:
 
 def test_scrypt_records_of_earlier_versions_still_connect(api: ApiBroker) -> None:
     """A record written by an earlier bwfast (scrypt, before PBKDF2-SHA512) is
-    checked in the hashing threads and still lets its device in."""
+    checked in the hashing threads, still lets its device in, and is then
+    rewritten in the current format (so the next restart's storm is cheap)."""
     user = f"old-{uuid.uuid4().hex[:6]}"
     salt = os.urandom(16)
     record = {"alg": "scrypt", "n": 1 << 10, "r": 8, "p": 1, "salt": salt,
@@ -327,8 +331,21 @@ def test_scrypt_records_of_earlier_versions_still_connect(api: ApiBroker) -> Non
     finally:
         store.close()
     assert_connects(api, user, "legacy", ok=True)
+    # rewritten as PBKDF2-SHA512 by the first CONNECT that passed, same password
+    assert _stored(api, user)["alg"] == "pbkdf2-sha512"
+    assert_connects(api, user, "legacy", ok=True)
     assert_connects(api, user, "other", ok=False)
     assert _passwd(api, "remove", user).returncode == 0
+
+
+def _stored(api: ApiBroker, user: str) -> dict[str, Any]:
+    store = Store(str(api.data_dir))
+    try:
+        record = store.get("auth", user.encode())
+    finally:
+        store.close()
+    assert record is not None
+    return record
 
 
 def test_tokens_survive_an_api_restart(api: ApiBroker) -> None:

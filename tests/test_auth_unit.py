@@ -11,6 +11,7 @@ from bwfast.auth import (
     FormatError,
     VerifiedCache,
     cheap,
+    check,
     from_mosquitto,
     hash_password,
     to_mosquitto,
@@ -101,3 +102,21 @@ def test_unknown_or_damaged_records_never_verify() -> None:
     rec = hash_password("pw")
     assert not verify_password(rec | {"iterations": 0}, "pw")
     assert VerifiedCache().lookup("dev", {"alg": "md5"}, b"x") is False
+
+
+def test_check_upgrades_older_formats_only_when_the_password_is_right() -> None:
+    new = hash_password("pw")
+    assert check(new, b"pw") == (True, None)
+    assert check(new, b"no") == (False, None)
+    assert check(None, b"pw") == (False, None)
+    for old, password in ((from_mosquitto(MOSQ_6), b"b0b"), (_scrypt(b"pw"), b"pw")):
+        assert check(old, password + b"x") == (False, None)
+        ok, newer = check(old, password)
+        assert ok and newer is not None and newer["alg"] == "pbkdf2-sha512"
+        assert verify_password(newer, password) and not verify_password(newer, b"x")
+
+
+def _scrypt(password: bytes) -> dict:
+    salt = b"\x02" * 16
+    return {"alg": "scrypt", "n": 16, "r": 1, "p": 1, "salt": salt,
+            "hash": hashlib.scrypt(password, salt=salt, n=16, r=1, p=1, dklen=32)}

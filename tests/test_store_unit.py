@@ -196,3 +196,28 @@ def test_group_commit_pacing(tmp_path, sync):
     assert not s.synced  # a lazy batch is not fsynced
     s.put("events", b"e3", {})
     assert s.commit_wait(100.005) == pytest.approx(LAZY_COMMIT_GAP)
+
+
+def test_replace_if_never_overwrites_a_record_changed_meanwhile(tmp_path):
+    """The rehash of an older credential after a CONNECT: written at once only if
+    the record is still the one that was checked (edit_auth may have run)."""
+    s = Store(str(tmp_path))
+
+    def elsewhere(value: object) -> None:  # another process's commit (the REST API)
+        with s.env.begin(write=True, db=s.dbs["auth"]) as txn:
+            if value is None:
+                txn.delete(b"u")
+            else:
+                txn.put(b"u", msgpack.packb(value))
+
+    s.put("auth", b"u", {"v": 1})
+    s.commit()
+    assert s.replace_if("auth", b"u", {"v": 1}, {"v": 2})
+    assert committed(s, "auth", b"u") == {"v": 2}  # at once, no commit() needed
+    elsewhere({"v": 3})
+    assert not s.replace_if("auth", b"u", {"v": 2}, {"v": 4})
+    assert committed(s, "auth", b"u") == {"v": 3}
+    elsewhere(None)
+    assert not s.replace_if("auth", b"u", {"v": 3}, {"v": 5})
+    assert committed(s, "auth", b"u") is None
+    s.close()

@@ -32,6 +32,7 @@ MAX_ITERATIONS = 10_000_000  # refuse records that would stall a worker's thread
 SALT_LEN = 12                # Mosquitto's SALT_LEN
 PBKDF2, SHA512, SCRYPT = "pbkdf2-sha512", "sha512", "scrypt"
 ALGORITHMS = (PBKDF2, SHA512, SCRYPT)
+HASH_FIELDS = frozenset({"alg", "iterations", "n", "r", "p", "salt", "hash"})
 
 
 def _bytes(password: str | bytes) -> bytes:
@@ -51,7 +52,9 @@ def check(record: dict[str, Any] | None, password: bytes) -> tuple[bool, dict[st
     ones (scrypt, `$6$`), the PBKDF2-SHA512 record to store instead."""
     ok = verify_password(record, password)
     if ok and record is not None and record.get("alg") != PBKDF2:
-        return True, hash_password(password)
+        # marks beside the hash (the console's own user: "console") stay
+        marks = {k: v for k, v in record.items() if k not in HASH_FIELDS}
+        return True, marks | hash_password(password)
     return ok, None
 
 

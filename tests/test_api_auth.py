@@ -214,11 +214,13 @@ def test_revoking_credentials_disconnects_live_connections(api: ApiBroker, call:
 
 
 def test_revoking_credentials_while_connects_are_being_checked(api: ApiBroker) -> None:
-    """CONNECTs whose password check (scrypt, in a thread) is still running when
-    remove_auth commits must not get in with the removed credentials: once the
-    call has answered, no connection of that user is left open."""
+    """CONNECTs whose password check (a costly hash, in a hashing thread) is still
+    running when remove_auth commits must not get in with the removed credentials:
+    once the call has answered, no connection of that user is left open."""
     user = f"race-{uuid.uuid4().hex[:6]}"
-    assert api.post("add_auth", username=user, password="pw").status_code == 200
+    # 20,000 PBKDF2 iterations: too costly for the loop, so checked in the threads
+    r = _passwd(api, "add", user, "--password", "pw", "--iterations", "20000")
+    assert r.returncode == 0, r.stderr
     socks = []
     for i in range(24):  # more than the checker threads: some wait for their turn
         c = RawClient("127.0.0.1", api.port, version=V5 if i % 2 else V311)

@@ -114,6 +114,10 @@ def test_check_upgrades_older_formats_only_when_the_password_is_right() -> None:
         ok, newer = check(old, password)
         assert ok and newer is not None and newer["alg"] == "pbkdf2-sha512"
         assert verify_password(newer, password) and not verify_password(newer, b"x")
+    marked = _scrypt(b"pw") | {"console": True}  # the API's own user keeps its mark
+    ok, newer = check(marked, b"pw")
+    assert ok and newer is not None and newer["console"] is True
+    assert set(newer) == {"alg", "iterations", "salt", "hash", "console"}
 
 
 def _scrypt(password: bytes) -> dict:

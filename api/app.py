@@ -121,7 +121,7 @@ async def _close_connections(connections: set[Any]) -> None:
 async def serve(cfg: Config, nworkers: int) -> int:
     """Serve until SIGTERM; the exit code of the process."""
     store = Store(cfg.broker.data_dir, sync=cfg.persistence.sync)  # after fork (py-lmdb)
-    workers = Workers(cfg.broker.data_dir, nworkers)
+    workers = Workers(cfg.broker.data_dir, nworkers, store)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)

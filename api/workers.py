@@ -21,6 +21,7 @@ import itertools
 import logging
 import os
 import time
+import zlib
 from typing import Any
 
 import msgpack
@@ -34,6 +35,11 @@ TIMEOUT = 2.0   # seconds a caller waits for the workers at most
 HEDGE = 0.25    # seconds of silence after which the next worker is asked as well
 
 Answer = dict[str, Any]
+
+
+def topic_worker(topic: str, nworkers: int) -> int:
+    """The worker that publishes a topic's send_all calls while it answers."""
+    return zlib.crc32(topic.encode()) % nworkers
 
 
 class WorkerLink:
@@ -137,7 +143,6 @@ class Workers:
         self.links = [WorkerLink(os.path.join(run_dir, f"worker-{k}.ctl"))
                       for k in range(nworkers)]
         self.store = store
-        self._next = itertools.count()
 
     async def send_client(self, clientid: str, hint: int | None, args: dict[str, Any]) -> bool:
         """Deliver to ``clientid`` once: ask the worker that holds it (``hint``:
@@ -152,13 +157,17 @@ class Workers:
         return answer is not None
 
     async def send_all(self, args: dict[str, Any]) -> Answer | None:
-        """An ordinary publish, once, on one worker: round robin over the workers
-        that are answering, the silent ones last. It forwards to the others and
-        stores a retained message like any publish."""
+        """An ordinary publish, once, on one worker; it forwards to the others and
+        stores a retained message like any publish.
+
+        The topic's own worker (``topic_worker``) publishes while it answers, so
+        that one caller's messages on a topic leave through one worker's links
+        and arrive in the order they were sent [MQTT-4.6.0-6]; when it is silent,
+        the next answering one (the silent ones are tried last)."""
         n = len(self.links)
-        start = next(self._next)
+        start = topic_worker(args["topic"], n)
         order = [(start + i) % n for i in range(n)]
-        order.sort(key=lambda k: self.links[k].silent_for() >= HEDGE)  # stable: round robin kept
+        order.sort(key=lambda k: self.links[k].silent_for() >= HEDGE)  # stable: the rest kept
         return await self._once("send_all", args, [[k] for k in order])
 
     async def _once(self, command: str, args: dict[str, Any], waves: list[list[int]]

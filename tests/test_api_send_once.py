@@ -11,6 +11,7 @@ after the stalled worker resumes.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 import time
@@ -23,11 +24,14 @@ from mqtt_helpers import V5, V311, PahoClient
 from test_api_support import ApiBroker, eventually, start_api_broker
 from test_cluster_support import paho_owner, worker_pids
 
+from api.workers import topic_worker
+
 pytestmark = pytest.mark.bwfast_only
 
 WORKERS = 4
 STALL = 3.0       # seconds the worker stays stopped (longer than the API's 2 s timeout)
 SLOW_CALL = 1.0   # a call that waits this long was held up by the stalled worker
+_WORKER_STARTED = re.compile(r"started worker-(\d+) \(pid (\d+)\)")
 
 
 @pytest.fixture(scope="module")
@@ -36,18 +40,23 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiBroker]:
 
 
 class Subscribers:
-    """paho clients subscribed to one topic, each on whichever worker it landed."""
+    """paho clients, each on whichever worker it landed, subscribed to one topic."""
 
-    def __init__(self, api: ApiBroker, topic: str, n: int) -> None:
+    def __init__(self, api: ApiBroker, n: int) -> None:
         self.api = api
-        self.topic = topic
+        self.topic = ""
         self.clients: list[PahoClient] = []
         tag = uuid.uuid4().hex[:8]
         for i in range(n):
             c = PahoClient("127.0.0.1", api.port, f"{tag}-sub{i}", protocol=V5 if i % 2 else V311)
             self.clients.append(c)
             assert c.connect()[1] == 0
+
+    def subscribe(self, topic: str) -> Subscribers:
+        self.topic = topic
+        for c in self.clients:
             assert c.subscribe(topic, 0) == [0]
+        return self
 
     def owners(self) -> dict[int, list[PahoClient]]:
         out: dict[int, list[PahoClient]] = {}
@@ -66,8 +75,8 @@ class Subscribers:
         for c in self.clients:
             c.drain(0.05)
 
-    def counts(self, seconds: float) -> list[Counter[bytes]]:
-        return [Counter(m.payload for m in c.drain(seconds)) for c in self.clients]
+    def received(self, seconds: float) -> list[list[bytes]]:
+        return [[m.payload for m in c.drain(seconds)] for c in self.clients]
 
     def close(self) -> None:
         for c in self.clients:
@@ -90,15 +99,40 @@ def stalled(pid: int) -> threading.Timer:
     return t
 
 
-def test_send_all_once_per_call_while_a_worker_is_stopped(api: ApiBroker) -> None:
+def worker_index(api: ApiBroker, pid: int) -> int:
+    """The worker number of a worker pid, from the supervisor's log."""
+    found = [int(k) for k, p in _WORKER_STARTED.findall(api.broker.log_path.read_text())
+             if int(p) == pid]
+    assert found, f"pid {pid} is no worker the supervisor started"
+    return found[-1]
+
+
+def topic_served_by(k: int) -> str:
+    """A fresh topic whose send_all calls worker k publishes (api/workers.py)."""
+    tag = uuid.uuid4().hex[:8]
+    return next(t for j in range(1000) if topic_worker(t := f"once/{tag}/{j}", WORKERS) == k)
+
+
+@pytest.mark.parametrize("stopped", ["publishing", "subscribed"])
+def test_send_all_once_per_call_while_a_worker_is_stopped(api: ApiBroker, stopped: str) -> None:
+    """Stop the worker that publishes the topic's send_all calls (`publishing`:
+    the calls must move to another worker, exactly once each), or another worker
+    that holds subscribers (`subscribed`: nobody may wait for it; its subscribers
+    get everything, in order, once it resumes). Both hold a subscriber."""
     pids = workers_of(api)
-    subs = Subscribers(api, f"once/{uuid.uuid4().hex[:8]}", 6)
+    subs = Subscribers(api, 6)
     try:
-        subs.settle()
-        # Stop a worker that holds a subscriber: its messages wait, the others' must not.
-        victim = next(iter(subs.owners()))
+        # The topic is picked once we know where the six landed: the stopped
+        # worker holds a subscriber; the publishing one is it, or another one.
+        owners = subs.owners()
+        assert len(owners) > 1, f"six clients all landed on one worker: {owners}"
+        victim, publisher = list(owners)[:2]
+        if stopped == "publishing":
+            publisher = victim
         assert victim in pids
+        subs.subscribe(topic_served_by(worker_index(api, publisher))).settle()
         answers: dict[bytes, tuple[int, float]] = {}
+        sent: list[bytes] = []
         timer = stalled(victim)
         try:
             n = 0
@@ -109,19 +143,23 @@ def test_send_all_once_per_call_while_a_worker_is_stopped(api: ApiBroker) -> Non
                 r = api.post("send_all", topic=subs.topic, message=payload.decode())
                 answers[payload] = (r.status_code, time.monotonic() - t0)
                 assert r.status_code in (200, 404), r.text
+                sent.append(payload)
                 n += 1
         finally:
             timer.join()
             os.kill(victim, signal.SIGCONT)
-        got = subs.counts(3.0)
+        got = subs.received(3.0)
         ok = {p for p, (status, _) in answers.items() if status == 200}
-        for i, counts in enumerate(got):
+        for i, payloads in enumerate(got):
+            counts = Counter(payloads)
             twice = sorted(p for p, k in counts.items() if k > 1)
             assert not twice, f"subscriber {i} got {len(twice)} messages more than once: {twice[:5]}"
             missing = sorted(ok - set(counts))
             assert not missing, f"subscriber {i} never got answered calls {missing[:5]}"
             ghosts = sorted(set(counts) - ok)
             assert not ghosts, f"subscriber {i} got calls answered as failures: {ghosts[:5]}"
+            if stopped == "subscribed":  # one publishing worker, one link: call order kept
+                assert payloads == [p for p in sent if p in ok], f"subscriber {i} out of order"
         slow = sorted(round(s, 2) for status, s in answers.values() if s >= SLOW_CALL)
         assert len(ok) == len(answers), f"{len(answers) - len(ok)} of {len(answers)} calls failed"
         assert not slow, f"calls held up by the stopped worker: {slow} (of {len(answers)})"
@@ -134,7 +172,7 @@ def test_send_client_while_the_worker_holding_it_is_stopped(api: ApiBroker) -> N
     timeout, then fails, and the message never arrives (not even once the worker
     resumes); a client on another worker is served at once meanwhile."""
     pids = workers_of(api)
-    subs = Subscribers(api, f"direct/{uuid.uuid4().hex[:8]}", 6)
+    subs = Subscribers(api, 6)
     try:
         owners = subs.owners()
         victim, held = next((p, cs) for p, cs in owners.items() if len(owners) > 1)
@@ -173,7 +211,7 @@ def test_send_client_while_the_worker_holding_it_is_stopped(api: ApiBroker) -> N
 def test_send_client_exactly_once_when_calls_race(api: ApiBroker) -> None:
     """Many concurrent send_client calls to clients on every worker: each arrives once."""
     workers_of(api)
-    subs = Subscribers(api, f"race/{uuid.uuid4().hex[:8]}", 8)
+    subs = Subscribers(api, 8)
     try:
         results: list[tuple[int, int, int]] = []
 
@@ -189,8 +227,8 @@ def test_send_client_exactly_once_when_calls_race(api: ApiBroker) -> None:
         for t in threads:
             t.join()
         assert all(status == 200 for _, status, _ in results), results
-        for i, counts in enumerate(subs.counts(1.0)):
+        for i, payloads in enumerate(subs.received(1.0)):
             want = {f"r{k}".encode() for k, _, j in results if j == i}
-            assert counts == Counter(want), f"subscriber {i}: {counts}"
+            assert Counter(payloads) == Counter(want), f"subscriber {i}: {payloads}"
     finally:
         subs.close()

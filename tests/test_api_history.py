@@ -8,6 +8,8 @@ devices, httpx; nothing mocked.
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import time
 import uuid
@@ -19,6 +21,7 @@ from typing import Any
 import pytest
 from mqtt_helpers import V5, V311, PahoClient
 from test_api_support import ApiBroker, eventually, start_api_broker
+from test_cluster_support import paho_owner, worker_pids
 
 pytestmark = pytest.mark.bwfast_only
 
@@ -192,5 +195,37 @@ def test_subscriptions_of_clean_sessions_end_with_the_broker(
         k = PahoClient("127.0.0.1", api.port, "keep4", clean=False)
         assert k.connect()[:2] == (True, 0)
         k.close()
+    finally:
+        gen.close()
+
+
+def test_a_crashed_workers_clean_sessions_leave_the_listing(tmp_path: Path) -> None:
+    """kill -9 of one worker of four: once the supervisor has it back, the clean
+    sessions it held are not listed any more; those of the other workers are."""
+    gen = start_api_broker(tmp_path, 4)
+    api = next(gen)
+    try:
+        clients = []
+        for i in range(8):
+            c = PahoClient("127.0.0.1", api.port, f"c{i}")
+            assert c.connect()[1] == 0
+            assert c.subscribe(f"s/c{i}", 0) == [0]
+            clients.append(c)
+        owner = {f"c{i}": paho_owner(api.broker, c) for i, c in enumerate(clients)}
+        victim = owner["c0"]
+        gone = {cid for cid, pid in owner.items() if pid == victim}
+        kept = set(owner) - gone
+        assert kept, f"all eight clients landed on one worker: {owner}"
+        for cid in owner:
+            assert eventually(partial(subs, api, cid)) == [(f"s/{cid}", 0)]
+        before = worker_pids(api.broker)
+        os.kill(victim, signal.SIGKILL)
+        eventually(lambda: len(worker_pids(api.broker) - before) == 1, timeout=10)
+        eventually(lambda: not any(subs(api, cid) for cid in gone), timeout=5)
+        time.sleep(1.0)  # two flushes of every worker: nothing else went
+        for cid in kept:
+            assert subs(api, cid) == [(f"s/{cid}", 0)], cid
+        for c in clients:
+            c.close()
     finally:
         gen.close()

@@ -35,6 +35,7 @@ TIMEOUT = 2.0   # seconds a caller waits for the workers at most
 HEDGE = 0.25    # seconds of silence after which the next worker is asked as well
 
 Answer = dict[str, Any]
+UNREACHABLE: Answer = {"ok": False, "error": "unreachable"}  # the request was not sent
 
 
 def topic_worker(topic: str, nworkers: int) -> int:
@@ -101,9 +102,15 @@ class WorkerLink:
 
     async def request(self, command: str, args: dict[str, Any],
                       timeout: float = TIMEOUT) -> Answer | None:
-        """The worker's answer; ``{"ok": False, "error": "unreachable"}`` when the
-        request could not be sent (it never runs), None when it was sent and no
-        answer came in time (it may run later)."""
+        """The worker's answer, or None when it can't be reached in time."""
+        answer = await self.ask(command, args, timeout)
+        return None if answer is UNREACHABLE else answer
+
+    async def ask(self, command: str, args: dict[str, Any],
+                  timeout: float = TIMEOUT) -> Answer | None:
+        """Like :meth:`request`, telling apart a request that could not be sent
+        (UNREACHABLE: it never runs) from one sent and not answered in time
+        (None: it may still run)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         try:
@@ -112,7 +119,7 @@ class WorkerLink:
         except (OSError, TimeoutError) as e:
             log.warning("worker at %s unreachable for %s: %s", self.path, command,
                         type(e).__name__)
-            return {"ok": False, "error": "unreachable"}
+            return UNREACHABLE
         req = next(self.ids)
         fut: asyncio.Future[Answer] = loop.create_future()
         self.pending[req] = fut
@@ -190,7 +197,7 @@ class Workers:
             for i, wave in enumerate(waves):
                 for k in wave:
                     task = asyncio.create_task(
-                        self.links[k].request(command, args, deadline - loop.time()))
+                        self.links[k].ask(command, args, deadline - loop.time()))
                     asked[task] = k
                 until = deadline if i == len(waves) - 1 else min(deadline, loop.time() + HEDGE)
                 while asked and loop.time() < until:

@@ -3,16 +3,12 @@
 ``data_dir/run/worker-N.ctl`` takes msgpack frames ``["api", id, command, args]``
 and answers ``["reply", id, result]`` on the same connection. Commands:
 
-- ``send_client`` {clientid, topic, message, qos, retain, once}: a PUBLISH straight
-  to that client's session, subscribed or not; ``{"ok": False}`` when the client
+- ``send_client`` {clientid, topic, message, qos, retain}: a PUBLISH straight to
+  that client's session, subscribed or not; ``{"ok": False}`` when the client
   is not connected here.
-- ``send_all`` {topic, message, qos, retain, once}: an ordinary publish, as if a
+- ``send_all`` {topic, message, qos, retain}: an ordinary publish, as if a
   client had sent it (a retained one is stored).
 - ``count``: clients connected to this worker.
-
-``once`` (bwfast/once.py) is the request's id: the command runs only if this
-worker claims the id first, else the answer is ``{"ok": False, "claimed": True}``
-(another worker or the API has it) or ``{"ok": False, "error": "expired"}``.
 """
 from __future__ import annotations
 
@@ -24,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from bwfast import once
 from bwfast.message import Message
+from bwfast.once import admit
 from bwfast.topics import valid_topic
 
 if TYPE_CHECKING:
@@ -91,34 +87,24 @@ def run_command(worker: Worker, command: str, args: dict) -> tuple[dict, int]:
     qos = int(args.get("qos", 0))
     retain = bool(args.get("retain", False))
     msg = Message(topic, payload, qos, retain, origin="")
+    # send_client and send_all run once per call however many workers the API
+    # asked (bwfast/once.py): only here if this worker claims the call's id.
     if command == "send_client":
         session = worker.sessions.sessions.get(args.get("clientid", ""))
         if session is None or session.conn is None:
             return {"ok": False}, 0
-        if (refused := _claim(worker, args)) is not None:
+        if (refused := admit(worker.store, worker.index, args)) is not None:
             return refused, 0
         session.deliver(msg, qos, retain, None)
         return {"ok": True}, 0
     if command == "send_all":
-        if (refused := _claim(worker, args)) is not None:
+        if (refused := admit(worker.store, worker.index, args)) is not None:
             return refused, 0
         # QoS 0 promises nothing past the publish (no PUBACK either): the answer
         # does not wait for the peer workers, so a stalled one holds up nobody.
         delivered, seq = worker.publish(msg, confirm=qos > 0)
         return {"ok": True, "delivered": delivered}, seq
     return {"ok": False, "error": f"unknown command {command}"}, 0
-
-
-def _claim(worker: Worker, args: dict) -> dict | None:
-    """None when the request may run here (its ``once`` id is ours), else the answer."""
-    rid = args.get("once")
-    if rid is None:  # a caller that does not hand requests to several workers
-        return None
-    if once.expired(rid):
-        return {"ok": False, "error": "expired"}
-    if once.claim(worker.store, rid, worker.index) is not None:
-        return {"ok": False, "claimed": True}
-    return None
 
 
 async def start_control(worker: Worker, run_dir: str) -> asyncio.AbstractServer:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from bwfast.store import Store
@@ -49,3 +49,18 @@ def claim(store: Store, rid: bytes, owner: int) -> int | None:
     horizon = int((time.time() - KEEP) * 1000).to_bytes(8, "big")
     held = store.claim(DB, rid, owner, expire_below=horizon)
     return None if held is None else int(held)
+
+
+def admit(store: Store, owner: int, args: dict[str, Any]) -> dict[str, Any] | None:
+    """A worker's check before it runs a request: None when it may (the request's
+    ``once`` id is its claim now, or the caller sent none), else the answer:
+    ``{"ok": False, "claimed": True}`` (someone else has the id) or
+    ``{"ok": False, "error": "expired"}``."""
+    rid = args.get("once")
+    if rid is None:  # a caller that hands the request to one worker only
+        return None
+    if expired(rid):
+        return {"ok": False, "error": "expired"}
+    if claim(store, rid, owner) is not None:
+        return {"ok": False, "claimed": True}
+    return None

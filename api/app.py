@@ -86,6 +86,8 @@ def create_app(cfg: Config, store: Store, workers: Workers, name: str | None = N
     app.ctx.cfg = cfg
     app.ctx.store = store
     app.ctx.workers = workers
+    if workers.store is None:
+        workers.store = store
     app.ctx.tokens = Tokens(store, cfg.api.token_ttl)
     app.ctx.throttle = LoginThrottle()
     app.ctx.devices = DeviceList(store)
@@ -121,7 +123,7 @@ async def _close_connections(connections: set[Any]) -> None:
 async def serve(cfg: Config, nworkers: int) -> int:
     """Serve until SIGTERM; the exit code of the process."""
     store = Store(cfg.broker.data_dir, sync=cfg.persistence.sync)  # after fork (py-lmdb)
-    workers = Workers(cfg.broker.data_dir, nworkers, store)
+    workers = Workers(cfg.broker.data_dir, nworkers)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)

@@ -145,11 +145,11 @@ class WorkerLink:
 class Workers:
     """All the workers' links, and the commands the routes need."""
 
-    def __init__(self, data_dir: str, nworkers: int, store: Store) -> None:
+    def __init__(self, data_dir: str, nworkers: int, store: Store | None = None) -> None:
         run_dir = os.path.join(data_dir, "run")
         self.links = [WorkerLink(os.path.join(run_dir, f"worker-{k}.ctl"))
                       for k in range(nworkers)]
-        self.store = store
+        self.store = store  # for the claims of unanswered requests (create_app sets it)
 
     async def send_client(self, clientid: str, hint: int | None, args: dict[str, Any]) -> bool:
         """Deliver to ``clientid`` once: ask the worker that holds it (``hint``:
@@ -222,6 +222,8 @@ class Workers:
         # Some worker may hold the request still. Claim it: if the claim is ours,
         # no worker ever runs it; if a worker claimed it, that one ran it (or runs
         # it as soon as it resumes), unless it died meanwhile.
+        if self.store is None:
+            return None  # nothing to claim with: unknown, so not reported as sent
         owner = once.claim(self.store, rid, once.API)
         if owner is None or owner in lost:
             return None

@@ -13,7 +13,9 @@ LMDB records (msgpack), all keyed by client id:
                "worker", "listener", "peer", "username", "version"}
     events    [[topic, payload, ms, qos, retain], ...]  oldest first, at most 10
     commands  the same, for messages delivered to the device
-    subs      {filter: qos}  every current subscription (persistent or not)
+    subs      {filter: qos}  every current subscription (persistent or not); a
+              non-persistent session's row goes when the broker stops, and
+              one a crash left behind when its worker starts again
 """
 from __future__ import annotations
 

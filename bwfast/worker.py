@@ -152,8 +152,8 @@ class Worker:
         for conn in list(self.conns):
             conn.will_on_close = False
             conn.disconnect(c.SERVER_SHUTTING_DOWN, "server shutting down")
-        self.history.sessions_ended(self.sessions.sessions.values())
         self.sessions.shutdown()
+        self.history.sessions_ended(self.sessions.sessions.values())
         self.history.flush()
         self.history.mark_all_inactive()
         self.store.close()

@@ -72,7 +72,7 @@ class Worker:
         self.router = Router()
         self.retained = RetainStore(self.store)
         self.sessions = SessionRegistry(self)
-        self.history = History(self.store, index)
+        self.history = History(self.store, index, nworkers)
         self.verified = VerifiedCache()
         self._hashers: ThreadPoolExecutor | None = None
         self.cluster: Cluster | None = Cluster(self, nworkers) if nworkers > 1 else None
@@ -104,6 +104,7 @@ class Worker:
         self.history.mark_all_inactive()
         n_retained = self.retained.load()
         n_sessions = self.sessions.load()
+        self.history.clean_subs(self.sessions.sessions, self._answers_for)
         if self.cluster is not None:
             self._new_routes.clear()  # peers learn our routes from "hello"
             self.cluster.load_routes()
@@ -126,6 +127,14 @@ class Worker:
         self._every(FLUSH_INTERVAL, self._flush_history)
         if b.sys_interval:
             self._every(b.sys_interval, self._sys_tick)
+
+    def _answers_for(self, cid: str | None) -> bool:
+        """Is this worker the one to judge cid's records at start-up (the
+        sessions database's owner rule, Cluster.owns)? None: an id stored as
+        a digest, judged only when there is no other worker."""
+        if self.cluster is None:
+            return True
+        return cid is not None and self.cluster.owns(cid)
 
     def _every(self, interval: float, fn: Callable[[], None]) -> None:
         def run() -> None:
@@ -157,6 +166,7 @@ class Worker:
         if self._hashers is not None:  # queued checks of CONNECTs that are being closed
             self._hashers.shutdown(wait=False, cancel_futures=True)
         self.sessions.shutdown()
+        self.history.sessions_ended(self.sessions.sessions.values())
         self.history.flush()
         self.history.mark_all_inactive()
         self.store.close()

@@ -91,6 +91,8 @@ def create_app(cfg: Config, store: Store, workers: Workers, name: str | None = N
     app.ctx.store = store
     app.ctx.workers = workers
     app.ctx.cluster = cfg.cluster.enabled  # listings over every node (api/nodes.py)
+    if workers.store is None:
+        workers.store = store
     app.ctx.tokens = Tokens(store, cfg.api.token_ttl)
     app.ctx.throttle = LoginThrottle()
     app.ctx.devices = DeviceList(store)

@@ -49,6 +49,11 @@ MESSAGE = {"oneOf": [{"type": "string"}, {"type": "object"}, {"type": "array"}],
 PUBLISH = {"topic": {**STR, "description": "topic name, no wildcards"}, "message": MESSAGE,
            "QoS": {**QOS, "description": "also accepted as qos"}, "retain": FLAG}
 
+# The call failed as a whole: nothing was published, and nothing will be later
+# (a worker that was stalled finds the request withdrawn, bwfast/once.py).
+NOT_SENT = ("`Message could not be delivered`: the client is not connected (send_client), "
+            "or no worker answered within 2 s; nothing was sent and nothing will be")
+
 AUTH_ERRORS = {
     "400": _json(_ref("Fail"), "`Missing parameter:<name>` (absent or empty) or "
                                "`Invalid parameter:<name>` (wrong type or out of range)"),
@@ -148,12 +153,14 @@ def _paths() -> dict[str, Any]:
             }, secured=False, body=_fields(["username", "password"], username=STR, password=STR))},
         f"{BASE}/logout": {"post": _op("Revoke this token at once", sent)},
         f"{BASE}/send_client": {"post": _op(
-            "Send a message to one connected client, subscribed or not",
-            {**sent, "404": _json(_ref("Fail"), "`Message could not be delivered`")},
+            "Send a message to one connected client, subscribed or not; once per "
+            "successful call",
+            {**sent, "404": _json(_ref("Fail"), NOT_SENT)},
             body=_fields(["clientid", "topic", "message"], clientid=STR, **PUBLISH))},
         f"{BASE}/send_all": {"post": _op(
-            "Publish to every subscriber of the topic (retained if asked)",
-            {**sent, "404": _json(_ref("Fail"), "`Message could not be delivered`")},
+            "Publish to every subscriber of the topic (retained if asked); once per "
+            "successful call",
+            {**sent, "404": _json(_ref("Fail"), NOT_SENT)},
             body=_fields(["topic", "message"], **PUBLISH))},
         f"{BASE}/add_auth": {"post": _op(
             "Add MQTT credentials", {**_ok(_fields([], status=_ref("Ok"))),

@@ -6,6 +6,13 @@ same connection. One persistent connection per worker, opened on first use
 and again after the worker restarts; a request that gets no answer within
 the timeout yields ``None`` (the caller answers with the spec's failure, never
 a 5xx).
+
+Each link remembers the requests it has not answered yet. A worker that has
+owed an answer for longer than HEDGE is *silent* (stalled, or badly behind):
+``send_all`` goes to an answering worker instead, and a request already with
+a silent worker is handed to the next one too. That is safe because the
+publishing commands carry an id that only one process can claim
+(bwfast/once.py): whoever gets to it second does nothing.
 """
 from __future__ import annotations
 
@@ -13,25 +20,46 @@ import asyncio
 import itertools
 import logging
 import os
+import time
+import zlib
 from typing import Any
 
 import msgpack
 
+from bwfast import once
+from bwfast.store import Store
+
 log = logging.getLogger("bwfast.api.workers")
 
-TIMEOUT = 2.0
+TIMEOUT = 2.0   # seconds a caller waits for the workers at most
+HEDGE = 0.25    # seconds of silence after which the next worker is asked as well
+
+Answer = dict[str, Any]
+UNREACHABLE: Answer = {"ok": False, "error": "unreachable"}  # the request was not sent
+
+
+def topic_worker(topic: str, nworkers: int) -> int:
+    """The worker that publishes a topic's send_all calls while it answers."""
+    return zlib.crc32(topic.encode()) % nworkers
 
 
 class WorkerLink:
-    """One worker's control connection and its pending requests."""
+    """One worker's control connection, its pending requests and its liveness."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.writer: asyncio.StreamWriter | None = None
         self.reader_task: asyncio.Task[None] | None = None
-        self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.pending: dict[int, asyncio.Future[Answer]] = {}
+        self.owed: dict[int, float] = {}  # request id -> when sent, until the worker answers it
         self.ids = itertools.count(1)
         self.lock = asyncio.Lock()
+
+    def silent_for(self) -> float:
+        """Seconds the oldest unanswered request has waited (0: the worker is keeping up).
+        It counts requests whose callers stopped waiting too: a worker that
+        answers nothing is silent until it answers."""
+        return time.monotonic() - min(self.owed.values()) if self.owed else 0.0
 
     async def _connect(self) -> asyncio.StreamWriter:
         async with self.lock:
@@ -60,34 +88,51 @@ class WorkerLink:
     def _answer(self, frame: Any) -> None:
         if not (isinstance(frame, list) and len(frame) == 3 and frame[0] == "reply"):
             return
+        self.owed.pop(frame[1], None)
         fut = self.pending.pop(frame[1], None)
         if fut is not None and not fut.done():
             fut.set_result(frame[2] if isinstance(frame[2], dict) else {"ok": False})
 
     def _fail_pending(self) -> None:
         pending, self.pending = self.pending, {}
+        self.owed.clear()
         for fut in pending.values():
             if not fut.done():
                 fut.set_result({"ok": False, "error": "link closed"})
 
     async def request(self, command: str, args: dict[str, Any],
-                      timeout: float = TIMEOUT) -> dict[str, Any] | None:
+                      timeout: float = TIMEOUT) -> Answer | None:
         """The worker's answer, or None when it can't be reached in time."""
+        answer = await self.ask(command, args, timeout)
+        return None if answer is UNREACHABLE else answer
+
+    async def ask(self, command: str, args: dict[str, Any],
+                  timeout: float = TIMEOUT) -> Answer | None:
+        """Like :meth:`request`, telling apart a request that could not be sent
+        (UNREACHABLE: it never runs) from one sent and not answered in time
+        (None: it may still run)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         try:
             async with asyncio.timeout(timeout):
                 writer = await self._connect()
-                req = next(self.ids)
-                fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-                self.pending[req] = fut
-                try:
-                    writer.write(msgpack.packb(["api", req, command, args], use_bin_type=True))
-                    return await fut
-                finally:
-                    self.pending.pop(req, None)
         except (OSError, TimeoutError) as e:
-            log.warning("worker at %s did not answer %s: %s", self.path, command,
+            log.warning("worker at %s unreachable for %s: %s", self.path, command,
                         type(e).__name__)
+            return UNREACHABLE
+        req = next(self.ids)
+        fut: asyncio.Future[Answer] = loop.create_future()
+        self.pending[req] = fut
+        self.owed[req] = time.monotonic()
+        try:
+            writer.write(msgpack.packb(["api", req, command, args], use_bin_type=True))
+            async with asyncio.timeout_at(deadline):
+                return await fut
+        except TimeoutError:
+            log.warning("worker at %s did not answer %s in time", self.path, command)
             return None
+        finally:
+            self.pending.pop(req, None)
 
     async def close(self) -> None:
         if self.writer is not None:
@@ -100,46 +145,108 @@ class WorkerLink:
 class Workers:
     """All the workers' links, and the commands the routes need."""
 
-    def __init__(self, data_dir: str, nworkers: int) -> None:
+    def __init__(self, data_dir: str, nworkers: int, store: Store | None = None) -> None:
         run_dir = os.path.join(data_dir, "run")
         self.links = [WorkerLink(os.path.join(run_dir, f"worker-{k}.ctl"))
                       for k in range(nworkers)]
-        self._next = itertools.count()
+        self.store = store  # for the claims of unanswered requests (create_app sets it)
 
     async def send_client(self, clientid: str, hint: int | None, args: dict[str, Any]) -> bool:
-        """Deliver to ``clientid``: ask the worker the registry names first,
-        then (it may have moved, or the record may lag) every other worker."""
-        args = {"clientid": clientid, **args}
-        others = list(range(len(self.links)))
-        if hint is not None and 0 <= hint < len(self.links):
-            answer = await self.links[hint].request("send_client", args)
-            if answer is not None and answer.get("ok"):
-                return True
-            others.remove(hint)
-        answers = await asyncio.gather(*(self.links[k].request("send_client", args)
-                                         for k in others))
-        if any(a is not None and a.get("ok") for a in answers):
+        """Deliver to ``clientid`` once: ask the worker that holds it (``hint``:
+        the `clients` record, else the device row), then, as it may have moved
+        or the record may lag, every other worker at once."""
+        n = len(self.links)
+        if hint is None or not 0 <= hint < n:
+            waves = [list(range(n))]
+        else:
+            waves = [[hint], [k for k in range(n) if k != hint]]
+        answer = await self._once("send_client", {"clientid": clientid, **args}, waves)
+        if answer is not None:
             return True
         # [cluster]: connected to another node? (bwfast/nodeapi.py)
-        answer = await self.links[0].request("nodes_send_client", args)
-        return answer is not None and bool(answer.get("ok"))
+        other = await self.links[0].request("nodes_send_client", {"clientid": clientid, **args})
+        return other is not None and bool(other.get("ok"))
 
-    async def send_all(self, args: dict[str, Any]) -> dict[str, Any] | None:
-        """An ordinary publish on one worker (round robin; the next if one is down):
-        it forwards to the others and stores a retained message like any publish."""
+    async def send_all(self, args: dict[str, Any]) -> Answer | None:
+        """An ordinary publish, once, on one worker; it forwards to the others and
+        stores a retained message like any publish.
+
+        The topic's own worker (``topic_worker``) publishes while it answers, so
+        that one caller's messages on a topic leave through one worker's links
+        and arrive in the order they were sent [MQTT-4.6.0-6]; when it is silent,
+        the next answering one (the silent ones are tried last)."""
         n = len(self.links)
-        start = next(self._next)
-        for i in range(n):
-            answer = await self.links[(start + i) % n].request("send_all", args)
-            if answer is not None and answer.get("ok"):
-                return answer
-        return None
+        start = topic_worker(args["topic"], n)
+        order = [(start + i) % n for i in range(n)]
+        order.sort(key=lambda k: self.links[k].silent_for() >= HEDGE)  # stable: the rest kept
+        return await self._once("send_all", args, [[k] for k in order])
+
+    async def _once(self, command: str, args: dict[str, Any], waves: list[list[int]]
+                    ) -> Answer | None:
+        """Run ``command`` exactly once on the first worker that takes it.
+
+        The waves of workers are asked in turn, the next one as soon as the ones
+        asked so far have all said no, or HEDGE has passed without a yes. Every
+        request carries the same id, so at most one worker runs it (bwfast/once.py).
+        Returns the answer of the worker that ran it, None when none did or will.
+        """
+        rid = once.new_id()
+        args = {**args, "once": rid}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + TIMEOUT
+        asked: dict[asyncio.Task[Answer | None], int] = {}
+        lost: set[int] = set()      # links that closed before answering: those workers died
+        unanswered = False          # a request timed out, or another worker claimed it
+        try:
+            for i, wave in enumerate(waves):
+                for k in wave:
+                    task = asyncio.create_task(
+                        self.links[k].ask(command, args, deadline - loop.time()))
+                    asked[task] = k
+                until = deadline if i == len(waves) - 1 else min(deadline, loop.time() + HEDGE)
+                while asked and loop.time() < until:
+                    done, _ = await asyncio.wait(asked, timeout=until - loop.time(),
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                    for task in done:
+                        k = asked.pop(task)
+                        answer = task.result()
+                        if answer is None or answer.get("claimed"):
+                            unanswered = True
+                        elif answer.get("ok"):
+                            return answer
+                        elif answer.get("error") == "link closed":
+                            lost.add(k)
+                if loop.time() >= deadline:
+                    break
+        finally:
+            for task in asked:
+                task.cancel()
+        if not asked and not unanswered and not lost:
+            return None  # every worker asked said no: nothing runs later
+        # Some worker may hold the request still. Claim it: if the claim is ours,
+        # no worker ever runs it; if a worker claimed it, that one ran it (or runs
+        # it as soon as it resumes), unless it died meanwhile.
+        if self.store is None:
+            return None  # nothing to claim with: unknown, so not reported as sent
+        owner = once.claim(self.store, rid, once.API)
+        if owner is None or owner in lost:
+            return None
+        return {"ok": True, "late": True}
 
     async def counts(self) -> list[int | None]:
         """Connected clients per worker (None where a worker did not answer)."""
         answers = await asyncio.gather(*(link.request("count", {}) for link in self.links))
         return [a["count"] if a is not None and a.get("ok") and isinstance(a.get("count"), int)
                 else None for a in answers]
+
+    async def broadcast(self, command: str, args: dict[str, Any]) -> list[dict[str, Any] | None]:
+        """Every worker's answer to one command (None where one did not answer)."""
+        return list(await asyncio.gather(*(link.request(command, args) for link in self.links)))
+
+    async def kick(self, clientid: str) -> bool:
+        """Disconnect ``clientid`` wherever it is connected; False if nowhere."""
+        answers = await self.broadcast("kick", {"clientid": clientid})
+        return any(a is not None and a.get("ok") for a in answers)
 
     async def nodes_rows(self, db: str) -> list[Any]:
         """[cluster]: the other nodes' rows of ``db`` (devices, subs, wills); [] without."""
@@ -154,15 +261,6 @@ class Workers:
         if answer is not None and answer.get("ok") and isinstance(answer.get("count"), int):
             return int(answer["count"])
         return 0
-
-    async def broadcast(self, command: str, args: dict[str, Any]) -> list[dict[str, Any] | None]:
-        """Every worker's answer to one command (None where one did not answer)."""
-        return list(await asyncio.gather(*(link.request(command, args) for link in self.links)))
-
-    async def kick(self, clientid: str) -> bool:
-        """Disconnect ``clientid`` wherever it is connected; False if nowhere."""
-        answers = await self.broadcast("kick", {"clientid": clientid})
-        return any(a is not None and a.get("ok") for a in answers)
 
     async def kick_user(self, username: str) -> int:
         """Disconnect every live connection of ``username``; how many there were.

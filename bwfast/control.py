@@ -38,6 +38,7 @@ from bwfast.codes import ADMINISTRATIVE_ACTION
 from bwfast.datadir import DIR_MODE, secure_socket
 from bwfast.message import Message
 from bwfast.observe import COMMANDS
+from bwfast.once import admit
 from bwfast.topics import valid_topic
 
 if TYPE_CHECKING:
@@ -124,14 +125,22 @@ def run_command(worker: Worker, command: str, args: dict) -> tuple[dict, int]:
     qos = int(args.get("qos", 0))
     retain = bool(args.get("retain", False))
     msg = Message(topic, payload, qos, retain, origin="")
+    # send_client and send_all run once per call however many workers the API
+    # asked (bwfast/once.py): only here if this worker claims the call's id.
     if command == "send_client":
         session = worker.sessions.sessions.get(args.get("clientid", ""))
         if session is None or session.conn is None:
             return {"ok": False}, 0
+        if (refused := admit(worker.store, worker.index, args)) is not None:
+            return refused, 0
         session.deliver(msg, qos, retain, None)
         return {"ok": True}, 0
     if command == "send_all":
-        delivered, seq = worker.publish(msg, confirm=True)
+        if (refused := admit(worker.store, worker.index, args)) is not None:
+            return refused, 0
+        # QoS 0 promises nothing past the publish (no PUBACK either): the answer
+        # does not wait for the peer workers, so a stalled one holds up nobody.
+        delivered, seq = worker.publish(msg, confirm=qos > 0)
         return {"ok": True, "delivered": delivered}, seq
     return {"ok": False, "error": f"unknown command {command}"}, 0
 

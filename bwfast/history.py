@@ -4,20 +4,27 @@ Kept off the hot path: a publish or a delivery appends one tuple to an
 in-memory ring (the last 10) and marks the device dirty; a connect or a
 disconnect stages the device's row in memory. A timer writes the dirty rings
 and rows to LMDB in one batch every FLUSH_INTERVAL, so the API sees them
-within a second, and a storm of CONNECTs costs no LMDB write each.
+within a second, and a storm of CONNECTs costs no LMDB write each. A device
+that leaves keeps its rings until that flush has written them: a client that
+publishes and disconnects at once (mosquitto_pub) is listed like any other.
 LMDB records (msgpack), all keyed by client id:
 
     devices   {"id", "name", "connected": ms, "status": "active"|"inactive",
                "worker", "listener", "peer", "username", "version"}
     events    [[topic, payload, ms, qos, retain], ...]  oldest first, at most 10
     commands  the same, for messages delivered to the device
-    subs      {filter: qos}  every current subscription (persistent or not)
+    subs      {filter: qos}  every current subscription (persistent or not); a
+              non-persistent session's row goes when the broker stops, and
+              one a crash left behind when its worker starts again
 """
 from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
+
+from bwfast.store import dbkey
 
 if TYPE_CHECKING:
     from bwfast.message import Message
@@ -30,12 +37,13 @@ FLUSH_INTERVAL = 0.5
 
 
 class History:
-    __slots__ = ("store", "worker_index", "events", "commands", "dirty_events", "dirty_commands",
-                 "dirty_subs", "rows", "gone")
+    __slots__ = ("store", "worker_index", "nworkers", "events", "commands", "dirty_events",
+                 "dirty_commands", "dirty_subs", "rows", "gone", "departed")
 
-    def __init__(self, store: Store, worker_index: int) -> None:
+    def __init__(self, store: Store, worker_index: int, nworkers: int = 1) -> None:
         self.store = store
         self.worker_index = worker_index
+        self.nworkers = nworkers
         self.events: dict[str, deque] = {}
         self.commands: dict[str, deque] = {}
         self.dirty_events: set[str] = set()
@@ -43,6 +51,7 @@ class History:
         self.dirty_subs: dict[str, Session | None] = {}
         self.rows: dict[str, dict] = {}  # devices rows of connects since the last flush
         self.gone: dict[str, int] = {}   # client id -> ms of its disconnect since the last flush
+        self.departed: set[str] = set()  # disconnected since the last flush: rings dropped after it
 
     # -- hot path: one append each ----------------------------------------------------------------
     def event(self, cid: str, msg: Message) -> None:
@@ -66,6 +75,7 @@ class History:
     def connected(self, conn: Connection) -> None:
         cid = conn.client_id
         self.gone.pop(cid, None)
+        self.departed.discard(cid)
         self.rows[cid] = {
             "id": cid, "name": cid, "connected": int(time.time() * 1000), "status": "active",
             "worker": self.worker_index, "listener": conn.listener, "peer": conn.peer,
@@ -80,8 +90,9 @@ class History:
             row["disconnected"] = now
         else:
             self.gone[cid] = now
-        self.events.pop(cid, None)
-        self.commands.pop(cid, None)
+        # Its rings may hold what it did in its last moments: the flush writes
+        # them first, then lets them go.
+        self.departed.add(cid)
 
     def _flush_rows(self) -> None:
         store = self.store
@@ -98,9 +109,21 @@ class History:
                     store.put("devices", key, rec)
             self.gone.clear()
         if self.rows:
+            shared = self.nworkers > 1
             for cid, row in self.rows.items():
-                store.put("devices", cid.encode(), row)
+                key = cid.encode()
+                if shared and self._newer_elsewhere(key, row["connected"]):
+                    continue
+                store.put("devices", key, row)
             self.rows.clear()
+
+    def _newer_elsewhere(self, key: bytes, connected: int) -> bool:
+        """The device connected again on another worker after our row's connect
+        (a takeover, a quick reconnect) and that worker wrote its row first: that
+        row is current, ours is not."""
+        rec = self.store.get("devices", key)
+        return rec is not None and rec.get("worker") != self.worker_index \
+            and rec.get("connected", 0) > connected
 
     def mark_all_inactive(self) -> None:
         """Start-up/shut-down: whatever this worker had connected is not any more."""
@@ -129,10 +152,52 @@ class History:
         if self.dirty_subs:
             for cid, session in self.dirty_subs.items():
                 if session is None or not session.subs:
-                    store.delete("subs", cid.encode())
+                    if not self._held_elsewhere(cid):
+                        store.delete("subs", cid.encode())
                 else:
                     store.put("subs", cid.encode(), {f: o.qos for f, o in session.subs.items()})
             self.dirty_subs.clear()
+        if self.departed:
+            for cid in self.departed:
+                self.events.pop(cid, None)
+                self.commands.pop(cid, None)
+            self.departed.clear()
+
+    def _held_elsewhere(self, cid: str) -> bool:
+        """Another worker holds cid now (`clients`, bwfast/cluster.py): the row is
+        its session's, which it writes itself; deleting it would lose that."""
+        if self.nworkers < 2:
+            return False
+        owner = self.store.get("clients", cid.encode())
+        return isinstance(owner, int) and owner != self.worker_index and 0 <= owner < self.nworkers
+
+    # -- start-up and shut-down -------------------------------------------------------------------------
+    def sessions_ended(self, sessions: Iterable[Session]) -> None:
+        """Shut-down: sessions that are not persistent end with the broker
+        [MQTT-3.1.2-6]; their subscriptions must not be listed after it."""
+        for session in sessions:
+            if not session.persistent:
+                self.subscriptions_changed(session, gone=True)
+
+    def clean_subs(self, held: Iterable[str], mine: Callable[[str | None], bool]) -> int:
+        """Start-up: drop the `subs` rows of sessions that did not survive (clean
+        sessions connected at a crash, whose rows nobody removed), i.e. rows this
+        worker answers for (``mine``; None: a key stored as a digest, whose id is
+        unknown) whose session it did not restore (``held``, from the `sessions`
+        database). Returns how many were dropped."""
+        keep = {dbkey(cid.encode()) for cid in held}
+        n = 0
+        for key, _ in self.store.items("subs"):
+            if key in keep:
+                continue
+            try:
+                cid: str | None = key.decode()
+            except UnicodeDecodeError:  # a digest (an id over LMDB's key limit)
+                cid = None
+            if mine(cid):
+                self.store.delete("subs", key)
+                n += 1
+        return n
 
     @staticmethod
     def _put_ring(store: Store, db: str, cid: str, ring: deque | None) -> None:

@@ -14,11 +14,12 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable, MutableSequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol
 
 from bwfast import codes as c
 from bwfast.acl import AclError, Rule, Rules, read_acl_file, stored_rules
-from bwfast.auth import VerifiedCache, verify_password
+from bwfast.auth import VerifiedCache, cheap, check
 from bwfast.cluster import Cluster
 from bwfast.control import start_control
 from bwfast.fastpath import Lane
@@ -54,8 +55,6 @@ class AckTarget(Protocol):
 SEQ_MASK = (1 << 64) - 1  # Worker.ack: peer workers' part of a seq
 CONNECT_TIMEOUT = 10.0  # seconds a socket may stay open without a CONNECT
 SCAN_INTERVAL = 0.25    # keepalive / clock granularity
-COMMIT_GAP = 0.001      # seconds between two LMDB commits at most (see _tick)
-LAZY_COMMIT_GAP = 0.05  # ... when nothing waits for the commit (Store.urgent)
 
 
 class Worker:
@@ -75,8 +74,9 @@ class Worker:
         self.router = Router()
         self.retained = RetainStore(self.store)
         self.sessions = SessionRegistry(self)
-        self.history = History(self.store, index)
+        self.history = History(self.store, index, nworkers)
         self.verified = VerifiedCache()
+        self._hashers: ThreadPoolExecutor | None = None
         self.cluster: Cluster | None = Cluster(self, nworkers) if nworkers > 1 else None
         self.router.history = self.history
         if self.cluster is not None:
@@ -87,7 +87,6 @@ class Worker:
         self.servers: list[asyncio.AbstractServer] = []
         self._dirty: list[Connection] = []
         self._tick_scheduled = False
-        self._last_commit = 0.0
         self._commit_timer: asyncio.TimerHandle | None = None
         self._commit_at = 0.0
         self._stopping = False
@@ -109,6 +108,7 @@ class Worker:
         self.history.mark_all_inactive()
         n_retained = self.retained.load()
         n_sessions = self.sessions.load()
+        self.history.clean_subs(self.sessions.sessions, self._answers_for)
         if self.cluster is not None:
             self._new_routes.clear()  # peers learn our routes from "hello"
             self.cluster.load_routes()
@@ -133,6 +133,14 @@ class Worker:
         self._every(FLUSH_INTERVAL, self._flush_history)
         if b.sys_interval:
             self._every(b.sys_interval, self._sys_tick)
+
+    def _answers_for(self, cid: str | None) -> bool:
+        """Is this worker the one to judge cid's records at start-up (the
+        sessions database's owner rule, Cluster.owns)? None: an id stored as
+        a digest, judged only when there is no other worker."""
+        if self.cluster is None:
+            return True
+        return cid is not None and self.cluster.owns(cid)
 
     def _every(self, interval: float, fn: Callable[[], None]) -> None:
         def run() -> None:
@@ -161,7 +169,10 @@ class Worker:
         for conn in list(self.conns):
             conn.will_on_close = False
             conn.disconnect(c.SERVER_SHUTTING_DOWN, "server shutting down")
+        if self._hashers is not None:  # queued checks of CONNECTs that are being closed
+            self._hashers.shutdown(wait=False, cancel_futures=True)
         self.sessions.shutdown()
+        self.history.sessions_ended(self.sessions.sessions.values())
         self.history.flush()
         self.history.mark_all_inactive()
         self.store.close()
@@ -192,15 +203,12 @@ class Worker:
             self.announce_routes()
         store = self.store
         if store.dirty:
-            # Group commit: at most one LMDB transaction per COMMIT_GAP. At light
-            # load every iteration commits at once; under a storm of CONNECTs or
-            # QoS 1 messages each transaction carries many (one commit costs
-            # several page writes, whatever it holds).
+            # Group commit (Store.commit_wait): at light load every iteration
+            # commits at once; under a storm each transaction carries many.
             now = time.monotonic()
-            wait = self._last_commit + (COMMIT_GAP if store.urgent else LAZY_COMMIT_GAP) - now
+            wait = store.commit_wait(now)
             if wait <= 0:
-                self._last_commit = now
-                store.commit()
+                store.commit(now)
             elif self._commit_timer is None or self._commit_at > now + wait:
                 if self._commit_timer is not None:
                     self._commit_timer.cancel()
@@ -373,9 +381,13 @@ class Worker:
                      done: Callable[[int], None]) -> None:
         """Call ``done(0)`` when the CONNECT may proceed, else ``done(reason code)``.
 
-        A password seen before is checked at once (VerifiedCache); a new one runs
-        scrypt in a thread (it releases the GIL), so a storm of first CONNECTs
-        never stalls the loop that carries everyone's messages.
+        A password seen before is checked at once (VerifiedCache), and so is a
+        record that is cheap to check (bwfast.auth.cheap: PBKDF2 at the default
+        costs ~64 us of CPU, the hop to a thread and back ~34 us more). A costly one
+        (scrypt, many iterations) runs in this worker's hashing threads (the
+        hashes release the GIL), so a storm of first CONNECTs never stalls the
+        loop that carries everyone's messages. A record of an older format
+        (scrypt, `$6$`) that passes is rewritten as PBKDF2-SHA512 (bwfast.auth.check).
         """
         if not self.cfg.authentication.enabled:
             done(0)
@@ -383,24 +395,41 @@ class Worker:
         if not username or password is None:
             done(c.BAD_USERNAME_OR_PASSWORD)
             return
-        record = self.store.get("auth", username.encode())
+        key = username.encode()
+        record = self.store.get("auth", key)
         known = self.verified.lookup(username, record, password)
+        if known is None and record is not None and cheap(record):
+            known, newer = check(record, password)
+            self._verified(username, key, record, password, known, newer)
         if known is not None:
             done(0 if known else c.BAD_USERNAME_OR_PASSWORD)
             return
 
         def checked(fut: asyncio.Future) -> None:
-            ok = not fut.cancelled() and fut.exception() is None and fut.result()
-            if ok and self.store.get("auth", username.encode()) != record:
-                # Removed or changed (remove_auth / edit_auth) while scrypt ran: the
+            ok, newer = (False, None) if fut.cancelled() or fut.exception() else fut.result()
+            if ok and self.store.get("auth", key) != record:
+                # Removed or changed (remove_auth / edit_auth) while the hash ran: the
                 # revocation's kick could not see this CONNECT yet, so refuse it here.
                 ok = False
-            if ok:
-                self.verified.remember(username, record, password)
+            self._verified(username, key, record, password, ok, newer)
             done(0 if ok else c.BAD_USERNAME_OR_PASSWORD)
             self.schedule_tick()
 
-        self.loop.run_in_executor(None, verify_password, record, password).add_done_callback(checked)
+        if self._hashers is None:  # one thread per core: more only queue for the same CPUs
+            self._hashers = ThreadPoolExecutor(os.cpu_count() or 1, "bwfast-auth")
+        self.loop.run_in_executor(self._hashers, check, record, password
+                                  ).add_done_callback(checked)
+
+    def _verified(self, username: str, key: bytes, record: dict[str, Any] | None,
+                  password: bytes, ok: bool, newer: dict[str, Any] | None) -> None:
+        """Remember a passed check; store the upgraded record unless the user's
+        record changed meanwhile (edit_auth, remove_auth)."""
+        if not ok or record is None:
+            return
+        if newer is not None and not self._stopping and self.store.replace_if(
+                "auth", key, record, newer):
+            record = newer
+        self.verified.remember(username, record, password)
 
     def on_connected(self, conn: Connection) -> None:
         self.stats.connects += 1

@@ -56,6 +56,7 @@ class Broker:
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen | None = None
+    api_port: int = 0                 # bwfast's REST API, when on (the apibusy case)
 
     @property
     def log(self) -> Path:
@@ -128,16 +129,53 @@ def acl_file(path: Path, rules: int = ACL_RULES) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def bwfast(workdir: Path, workers: int, acl_rules: int = 0, name: str = "bwfast") -> Broker:
+API_LOGIN = ("admin", "perf-admin-pw")  # the apibusy case's REST login
+
+
+def device_users(n: int) -> list[str]:
+    """The authstorm's device usernames (their passwords: perf.gen.password)."""
+    return [f"dev{i:05d}" for i in range(n)]
+
+
+def credentials(path: Path, users: int) -> str:
+    """A Mosquitto password_file of ``users`` devices, hashed by Mosquitto's own
+    ``mosquitto_passwd -U`` ($7$ PBKDF2-SHA512, its default 101 iterations); both
+    brokers get these same hashes. Returns who hashed it (for the notes)."""
+    from perf.gen import password
+
+    path.write_text("".join(f"{u}:{password(u)}\n" for u in device_users(users)))
+    exe = shutil.which("mosquitto_passwd")
+    if exe is not None:
+        subprocess.run([exe, "-U", str(path)], check=True, capture_output=True, timeout=600)
+        return "mosquitto_passwd -U"
+    # No Mosquitto: the same $7$ format, made by bwfast's own hash (same default cost).
+    sys.path.insert(0, str(REPO))
+    from bwfast.auth import hash_password, to_mosquitto
+
+    path.write_text("".join(f"{u}:{to_mosquitto(hash_password(password(u)))}\n"
+                            for u in device_users(users)))
+    return "bwfast.auth (mosquitto_passwd not found)"
+
+
+def bwfast(workdir: Path, workers: int, acl_rules: int = 0, name: str = "bwfast",
+           password_file: Path | None = None, api: bool = False) -> Broker:
     """bwfast from this checkout, REST API off, queues big enough for the backlog scenario;
-    with ``acl_rules``, access control on with an acl_file of that many rules."""
+    with ``acl_rules``, access control on with an acl_file of that many rules; with
+    ``password_file``, authentication on and those users imported (`bwfast passwd
+    import`); with ``api``, the REST API on a free port."""
     port = free_port()
     data = workdir / "bwfast-data"
     conf = workdir / "bwfast.conf"
-    acl = ""
+    extra = ""
     if acl_rules:
         acl_file(workdir / "acl_file", acl_rules)
-        acl = f"\n[acl]\nenabled = true\nfile = {workdir / 'acl_file'}\n"
+        extra += f"\n[acl]\nenabled = true\nfile = {workdir / 'acl_file'}\n"
+    if password_file is not None:
+        extra += "\n[authentication]\nenabled = true\n"
+    api_port = free_port() if api else 0
+    extra += (f"\n[api]\nenabled = true\nhost = {HOST}\nport = {api_port}\n"
+              f"username = {API_LOGIN[0]}\npassword = {API_LOGIN[1]}\n" if api
+              else "\n[api]\nenabled = false\n")
     conf.write_text(
         "[broker]\n"
         f"host = {HOST}\n"
@@ -145,24 +183,33 @@ def bwfast(workdir: Path, workers: int, acl_rules: int = 0, name: str = "bwfast"
         f"workers = {workers}\n"
         f"data_dir = {data}\n"
         "max_inflight = 20\n"
-        f"max_queued_messages = {QUEUE}\n"
-        "\n[api]\nenabled = false\n" + acl)
+        f"max_queued_messages = {QUEUE}\n" + extra)
     argv = [sys.executable, "-m", "bwfast", "--config", str(conf), "--port", str(port),
             "--workers", str(workers), "--data-dir", str(data)]
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    return Broker(name, port, workdir, argv, {"PYTHONPATH": path})
+    env = {"PYTHONPATH": path}
+    if password_file is not None:
+        subprocess.run([sys.executable, "-m", "bwfast", "passwd", "--config", str(conf),
+                        "import", str(password_file)], check=True, capture_output=True,
+                       timeout=600, env={**os.environ, **env}, cwd=workdir)
+    return Broker(name, port, workdir, argv, env, api_port=api_port)
 
 
-def mosquitto(workdir: Path) -> Broker | None:
-    """Mosquitto as close to bwfast's settings as its config allows; None if not installed."""
+def mosquitto(workdir: Path, password_file: Path | None = None) -> Broker | None:
+    """Mosquitto as close to bwfast's settings as its config allows; None if not installed.
+    With ``password_file``, anonymous clients are refused and those users log in."""
     exe = shutil.which("mosquitto")
     if exe is None:
         return None
     port = free_port()
     conf = workdir / "mosquitto.conf"
+    # (`user root`: as root, Mosquitto reads the password_file after switching to its
+    # own user, which may not reach a private temporary directory; nothing else changes)
+    auth = (f"allow_anonymous false\npassword_file {password_file}\nuser root\n"
+            if password_file else "allow_anonymous true\n")
     conf.write_text(
         f"listener {port} {HOST}\n"
-        "allow_anonymous true\n"
+        + auth +
         "persistence false\n"
         f"max_queued_messages {QUEUE}\n"
         "max_inflight_messages 20\n"

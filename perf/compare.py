@@ -30,6 +30,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 # --quick: a smoke run of about two minutes.
 QUICK = {"duration": 2.0, "warmup": 0.5}
 QUICK_MESSAGES = {"backlog": 20_000}
+QUICK_DEVICES = 1_000  # apibusy
 
 CEILING = [  # (server mode, case, what it shows)
     ("null", "pubonly", "publish → null sink"),
@@ -127,6 +128,7 @@ def main(args: argparse.Namespace, over: dict) -> int:
               "expect noisy figures.")
     tmp = Path(tempfile.mkdtemp(prefix="bwfast-perf-"))
     running: dict[str, Broker] = {}
+    own = OwnBrokers(tmp, args.workers, data["notes"])
     keep_tmp = False
     try:
         running = _start(args, tmp, data["notes"])
@@ -145,7 +147,7 @@ def main(args: argparse.Namespace, over: dict) -> int:
             for rnd in range(rounds):
                 for name, broker in running.items():
                     bar.set_description(f"{case.label} · {name} · round {rnd + 1}")
-                    res = _run(case, broker, data["notes"], bar)
+                    res = _run(case, broker, data["notes"], bar, own)
                     keep_tmp |= "error" in res
                     data["runs"].append({"case": case.label, "broker": name, "round": rnd + 1,
                                          "result": res})
@@ -158,6 +160,7 @@ def main(args: argparse.Namespace, over: dict) -> int:
         print("\ninterrupted: stopping the brokers", file=sys.stderr)
         data["notes"].append("interrupted before the end")
     finally:
+        own.stop()
         for broker in running.values():
             broker.stop()
         if keep_tmp:
@@ -189,6 +192,8 @@ def _case(spec: str, quick: bool, over: dict) -> scenarios.Case:
     base = dict(QUICK) if quick else {}
     if quick and name in QUICK_MESSAGES:
         base["messages"] = QUICK_MESSAGES[name]
+    if quick and name == "apibusy":
+        base["devices"] = QUICK_DEVICES
     base.update({k: v for k, v in over.items() if v is not None})
     return scenarios.make_case(spec, **base)
 
@@ -239,8 +244,69 @@ def _note(notes: list[str], text: str) -> None:
     print(f"NOTE: {text}", file=sys.stderr, flush=True)
 
 
-def _run(case: scenarios.Case, broker: Broker, notes: list[str], bar) -> dict:
-    """One run; restarts the broker first for a connection storm, or if it died."""
+class OwnBrokers:
+    """The brokers of the cases that need their own (scenarios.OWN_BROKER), made on
+    first use: authentication on with the authstorm's devices (one password_file
+    made by mosquitto_passwd, imported into bwfast with `bwfast passwd import`), or
+    bwfast's REST API on (apibusy; Mosquitto has no REST API, so its apibusy row is
+    its plain pairwise run)."""
+
+    def __init__(self, tmp: Path, workers: int, notes: list[str]) -> None:
+        self.tmp, self.workers, self.notes = tmp, workers, notes
+        self.made: dict[tuple[str, str, int], Broker | None] = {}
+        self.files: dict[int, Path] = {}
+
+    def get(self, case: scenarios.Case, name: str) -> Broker | None:
+        key = (case.scenario, name, case.clients)
+        if key not in self.made:
+            self.made[key] = self._make(case, name)
+        return self.made[key]
+
+    def _password_file(self, users: int) -> Path:
+        if users not in self.files:
+            path = self.tmp / f"password_file-{users}"
+            who = brokers_mod.credentials(path, users)
+            _note(self.notes, f"authstorm: {users:,} devices' credentials hashed by {who}; "
+                  "both brokers check the same $7$ PBKDF2-SHA512 hashes.")
+            self.files[users] = path
+        return self.files[users]
+
+    def _make(self, case: scenarios.Case, name: str) -> Broker | None:
+        workdir = self.tmp / f"{name}-{case.scenario}-{case.clients}"
+        workdir.mkdir()
+        rules = brokers_mod.ACL_RULES if name == "bwfast-acl" else 0
+        if case.scenario == "authstorm":
+            pwfile = self._password_file(case.clients)
+            if name == "mosquitto":
+                return brokers_mod.mosquitto(workdir, pwfile)
+            return brokers_mod.bwfast(workdir, self.workers, rules, name, password_file=pwfile)
+        if name == "mosquitto":
+            return None
+        return brokers_mod.bwfast(workdir, self.workers, rules, name, api=True)
+
+    def stop(self) -> None:
+        for broker in self.made.values():
+            if broker is not None:
+                broker.stop()
+
+
+def _run(case: scenarios.Case, broker: Broker, notes: list[str], bar,
+         own: OwnBrokers | None = None) -> dict:
+    """One run; restarts the broker first for a connection storm, or if it died.
+    Cases that need a broker of their own start it fresh and stop it after."""
+    if case.scenario in scenarios.OWN_BROKER and own is not None:
+        mine = own.get(case, broker.name)
+        if mine is not None:
+            err = mine.start(settle=1.0 if mine.name != "mosquitto" else 0.0)
+            if err:
+                return {"error": f"{mine.name} ({case.scenario}) did not start: {err}"}
+            api = (mine.api_port, *brokers_mod.API_LOGIN) if mine.api_port else None
+            try:
+                return scenarios.run_case(case, HOST, mine.port, mine.pids, api)
+            except (scenarios.HarnessError, OSError) as exc:
+                return {"error": str(exc)}
+            finally:
+                mine.stop()
     if case.scenario == "connstorm" or not broker.alive():
         if not broker.alive() and broker.proc is not None:
             text = f"{broker.name} had exited ({broker.tail(3)}); restarted it"

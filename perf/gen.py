@@ -46,6 +46,12 @@ class Plan:
     connect_concurrency: int = 64
 
 
+def password(user: str) -> str:
+    """The authstorm devices' passwords: one each, known to the harness and the
+    password file it makes (perf.brokers.credentials)."""
+    return f"pw-{user}-7Kq2"
+
+
 def child_setup() -> None:
     """In a harness child: Ctrl-C is the parent's to handle (it shuts us down in
     order), and a larger fd limit."""
@@ -211,12 +217,15 @@ class Agent:
 
     # -- single-shot scenarios ---------------------------------------------
 
-    async def cmd_connstorm(self, ids: list[str], concurrency: int) -> dict:
+    async def cmd_connstorm(self, ids: list[str], concurrency: int,
+                            users: list[str] | None = None) -> dict:
         """Connect every id (clean session) and keep it open; report how long it took.
 
         At most `concurrency` connections wait for their CONNACK at a time, so
         the broker's accept queue never overflows (a dropped SYN costs 1 s).
+        With `users`, id i logs in as users[i] with password(users[i]).
         """
+        logins = dict(zip(ids, users, strict=True)) if users else {}
         loop = asyncio.get_running_loop()
         storm = Storm(len(ids), asyncio.Semaphore(concurrency), loop.create_future())
         it = iter(ids)
@@ -224,7 +233,9 @@ class Agent:
         async def worker() -> None:
             for cid in it:
                 await storm.slots.acquire()
-                hello = mqtt.connect(cid, version=self.plan.version)
+                user = logins.get(cid, "")
+                hello = mqtt.connect(cid, version=self.plan.version, username=user,
+                                     password=password(user) if user else "")
                 try:
                     _, idle = await loop.create_connection(lambda h=hello: Idle(storm, h),  # type: ignore[misc]
                                                            self.plan.host, self.plan.port)

@@ -53,14 +53,19 @@ def packet(first: int, body: bytes) -> bytes:
 
 
 def connect(client_id: str, *, clean: bool = True, keepalive: int = 600,
-            version: int = V311, session_expiry: int = 0) -> bytes:
-    """CONNECT [MQTT-3.1]; v5 persistence needs a Session Expiry Interval (0x11)."""
-    body = utf8(b"MQTT") + bytes([version, 0x02 if clean else 0x00])
-    body += keepalive.to_bytes(2, "big")
+            version: int = V311, session_expiry: int = 0, username: str = "",
+            password: str = "") -> bytes:
+    """CONNECT [MQTT-3.1]; v5 persistence needs a Session Expiry Interval (0x11).
+    User Name and Password flags 0x80 / 0x40, fields after the client id [MQTT-3.1.3-1]."""
+    flags = (0x02 if clean else 0x00) | (0xC0 if username else 0x00)
+    body = utf8(b"MQTT") + bytes([version, flags]) + keepalive.to_bytes(2, "big")
     if version == V5:
         props = b"\x11" + session_expiry.to_bytes(4, "big") if session_expiry else b""
         body += varint(len(props)) + props
-    return packet(0x10, body + utf8(client_id))
+    body += utf8(client_id)
+    if username:
+        body += utf8(username) + utf8(password)
+    return packet(0x10, body)
 
 
 def subscribe(packet_id: int, filters: list[str], qos: int, version: int = V311) -> bytes:

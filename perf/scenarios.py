@@ -8,9 +8,12 @@ measurement window.
 
 from __future__ import annotations
 
+import http.client
+import json
 import math
 import multiprocessing as mp
 import secrets
+import threading
 import time
 from array import array
 from collections.abc import Callable
@@ -18,8 +21,11 @@ from dataclasses import asdict, dataclass, fields, replace
 
 from perf import gen, mqtt, procstat
 
-FLOWS = ("pairwise", "fanin", "fanout", "shared", "latency", "cpu", "pubonly")
-SCENARIOS = FLOWS + ("connstorm", "retained", "backlog")
+FLOWS = ("pairwise", "fanin", "fanout", "shared", "latency", "cpu", "pubonly", "apibusy")
+SCENARIOS = FLOWS + ("connstorm", "authstorm", "retained", "backlog")
+# Cases that need a broker of their own (compare starts one, fresh, per run):
+# authentication on with `clients` devices' credentials / the REST API on.
+OWN_BROKER = ("authstorm", "apibusy")
 
 
 @dataclass
@@ -40,22 +46,28 @@ class Case:
     concurrency: int = 80     # connstorm: connections awaiting their CONNACK at once
     inflight: int = 20        # publisher window of unacknowledged QoS 1/2 ids (as the
     #                           brokers' max_inflight: Mosquitto drops QoS 2 beyond it)
+    devices: int = 0          # apibusy: devices known to the REST API (connected once)
+    api_rate: float = 0.0     # apibusy: GET devices/ requests per second during the run
 
     @property
     def label(self) -> str:
         """Short name for tables, e.g. 'pairwise q1 16B x10'."""
         s = self.scenario
-        if s in ("connstorm",):
+        if s in ("connstorm", "authstorm"):
             return f"{s} x{self.clients}"
         if s == "retained":
             return f"{s} {self.messages} topics"
         if s == "backlog":
-            return f"{s} {self.messages} q1"
+            return f"{s} {self.messages} q1 sync"
         text = f"{s} q{self.qos} {_size(self.payload)} x{self.clients}"
         if s == "shared":
             text += f">{self.subs}"
         if self.rate:
             text += f" @{self.rate:g}/s"
+        if s == "apibusy":
+            text += f" api {self.api_rate:g}/s over {self.devices}"
+        if self.inflight != 20 and self.qos:
+            text += f" w{self.inflight}"
         return text + (" v5" if self.mqtt == mqtt.V5 else "")
 
 
@@ -69,13 +81,20 @@ DEFAULTS: dict[str, dict] = {
     "cpu": {"clients": 250, "rate": 25000},
     "pubonly": {},
     "connstorm": {"clients": 10_000},
+    # 10,000 devices with credentials, first CONNECT after a (re)start: no cache is warm.
+    "authstorm": {"clients": 10_000},
+    # MQTT pairwise QoS 0 while the REST API pages devices/ over 5,000 devices.
+    "apibusy": {"devices": 5000, "api_rate": 200},
     "retained": {"messages": 10_000, "procs": 1},
     "backlog": {"messages": 100_000, "procs": 1},
 }
 
 # What `compare` runs by default: every target of the issue.
 DEFAULT_CASES = ["pairwise", "pairwise:qos=1", "pairwise:qos=2", "fanin", "fanout", "shared",
-                 "latency", "cpu", "connstorm", "retained", "backlog"]
+                 # issue 13's QoS 1 shape: 16 pairs, 64 B, 32 unacknowledged per publisher
+                 "pairwise:qos=1,clients=16,payload=64,inflight=32",
+                 "latency", "cpu", "cpu:clients=1000,rate=5000", "connstorm", "authstorm",
+                 "retained", "backlog", "apibusy"]
 
 
 def _size(n: int) -> str:
@@ -190,7 +209,7 @@ def build_plans(case: Case, host: str, port: int, sub_port: int = 0) -> list[gen
     subs: list[list] = [[] for _ in range(nproc)]
     pubs: list[list] = [[] for _ in range(nproc)]
     factor = 1
-    if case.scenario in ("pairwise", "latency", "cpu"):
+    if case.scenario in ("pairwise", "latency", "cpu", "apibusy"):
         for i in range(n):
             subs[i % nproc].append((f"s{i:05d}", topic.format(i), topic.format(i)))
             pubs[i % nproc].append((f"p{i:05d}", topic.format(i)))
@@ -222,7 +241,7 @@ def build_plans(case: Case, host: str, port: int, sub_port: int = 0) -> list[gen
             host=host, port=port, prefix=prefix, run=run, slot=g, version=case.mqtt,
             qos=case.qos, payload=case.payload, inflight=case.inflight,
             batch=max(1, min(1024, 32768 // size)), rate=case.rate * share,
-            stamped=case.scenario == "latency",
+            stamped=case.scenario in ("latency", "cpu"),
             window=max(64, min(50_000, (8 << 20) // size)), factor=factor,
             subs=[(prefix + cid, flt, t) for cid, flt, t in subs[g]], sub_port=sub_port,
             pubs=[(prefix + cid, t) for cid, t in pubs[g]]))
@@ -244,24 +263,38 @@ def _sleep_until(t_ns: int) -> None:
         time.sleep(delay)
 
 
-def run_flow(case: Case, host: str, port: int, broker: Pids, sub_port: int = 0) -> dict:
-    """pairwise / fanin / fanout / shared / latency / cpu / pubonly."""
+def run_flow(case: Case, host: str, port: int, broker: Pids, api: Api = None,
+             sub_port: int = 0) -> dict:
+    """pairwise / fanin / fanout / shared / latency / cpu / pubonly / apibusy;
+    with ``sub_port`` the subscribers connect there (another node)."""
     plans = build_plans(case, host, port, sub_port)
     factor = plans[0].factor
+    load = None
+    if case.scenario == "apibusy" and api is not None:
+        _known_devices(case, host, port)
+        load = ApiLoad(host, api, case.api_rate)
+    cpu_start = procstat.cpu_seconds(broker()) if broker else 0.0  # connects included
     with Generators(plans) as gens:
         gens.call("setup", timeout=30 + case.clients / 50)
         t0 = time.monotonic_ns() + 20_000_000
         w0 = t0 + int(case.warmup * 1e9)
         w1 = w0 + int(case.duration * 1e9)
         gens.call("start", t0, w0, w1)
+        if load is not None:
+            load.start()
         _sleep_until(w0)
         a = _sample(gens, broker)
+        api0 = load.done if load else 0
         _sleep_until(w1)
         b = _sample(gens, broker)
+        api1 = load.done if load else 0
+        if load is not None:
+            load.stop()
         gens.call("stop")
         sent, recv = _drain(gens, factor, 3.0 if case.qos else 1.0)
         info = gens.call("collect", timeout=60)
         rss = procstat.rss_bytes(broker()) if broker else 0
+        cpu_all = procstat.cpu_seconds(broker()) - cpu_start if broker else 0.0
     dt = (b["t"] - a["t"]) / 1e9
     delivered = b["recv"] - a["recv"]
     res: dict = {
@@ -276,7 +309,13 @@ def run_flow(case: Case, host: str, port: int, broker: Pids, sub_port: int = 0) 
         cpu = b["cpu"] - a["cpu"]
         res["broker_cpu_pct"] = 100 * cpu / dt
         res["cpu_us_per_msg"] = 1e6 * cpu / max(1, delivered)
+        # utime+stime of every broker process from before the first CONNECT to the
+        # last delivery, per message delivered (issue 13's light-load figure)
+        res["cpu_all_us_per_msg"] = 1e6 * cpu_all / max(1, recv)
         res["rss_mb"] = rss / 2**20
+    if load is not None:
+        res.update({"api_req_per_s": (api1 - api0) / dt, "api_errors": load.errors,
+                    "api_devices": load.total})
     if any(i["skipped"] for i in info):
         res["skipped"] = sum(i["skipped"] for i in info)
     lat = array("q")
@@ -288,6 +327,65 @@ def run_flow(case: Case, host: str, port: int, broker: Pids, sub_port: int = 0) 
                     "p99_ms": _pct(ordered, 0.99), "max_ms": ordered[-1] / 1e6,
                     "samples": len(ordered)})
     return res
+
+
+Api = tuple[int, str, str] | None  # the REST API's (port, username, password)
+
+
+class ApiLoad:
+    """GET devices/ at a fixed rate, a page after another over every device, on
+    one keep-alive connection in a thread of the parent (which otherwise sleeps)."""
+
+    def __init__(self, host: str, api: tuple[int, str, str], rate: float) -> None:
+        self.host, (self.port, user, pw) = host, api
+        self.period = 1.0 / max(rate, 0.1)
+        self.done = self.errors = self.total = 0
+        self.running = False
+        self.headers: dict[str, str] = {}
+        self.conn = http.client.HTTPConnection(host, self.port, timeout=10)
+        body = json.dumps({"username": user, "password": pw})
+        token = self._call("POST", "/bwiot/api/v1/login", body)["access_token"]
+        self.headers = {"Authorization": f"Bearer {token}"}
+        self.total = self._call("GET", "/bwiot/api/v1/devices/?page=1")["total"]
+        self.thread = threading.Thread(target=self._run, daemon=True, name="perf-api")
+
+    def _call(self, method: str, path: str, body: str | None = None) -> dict:
+        headers = {"Content-Type": "application/json"} if body else {}
+        self.conn.request(method, path, body, headers | self.headers)
+        resp = self.conn.getresponse()
+        data = resp.read()
+        if resp.status != 200:
+            raise HarnessError(f"REST {method} {path}: HTTP {resp.status} {data[:200]!r}")
+        return json.loads(data)
+
+    def start(self) -> None:
+        self.running = True
+        self.thread.start()
+
+    def _run(self) -> None:
+        pages = max(1, math.ceil(self.total / 10))
+        due = time.monotonic()
+        while self.running:
+            try:
+                self._call("GET", f"/bwiot/api/v1/devices/?page={self.done % pages + 1}")
+            except (OSError, HarnessError, http.client.HTTPException):
+                self.errors += 1
+                self.conn.close()
+            self.done += 1
+            due += self.period
+            time.sleep(max(0.0, due - time.monotonic()))
+
+    def stop(self) -> None:
+        self.running = False
+        self.thread.join(15)
+        self.conn.close()
+
+
+def _known_devices(case: Case, host: str, port: int) -> None:
+    """Make `devices` devices known to the broker: each connects once, then leaves."""
+    if case.devices:
+        run_connstorm(replace(case, scenario="connstorm", clients=case.devices), host, port, None)
+        time.sleep(1.5)  # device rows reach LMDB with the history flush (0.5 s)
 
 
 def _sample(gens: Generators, broker: Pids) -> dict:
@@ -314,7 +412,11 @@ def _drain(gens: Generators, factor: int, idle: float) -> tuple[int, int]:
 
 
 def run_connstorm(case: Case, host: str, port: int, broker: Pids) -> dict:
-    """Connect `clients` clean sessions as fast as the broker accepts them; keep them open."""
+    """Connect `clients` clean sessions as fast as the broker accepts them; keep them open.
+    authstorm: each logs in as one of perf.brokers.device_users (a fresh broker with
+    those credentials: no check is cached yet, as after a restart)."""
+    from perf.brokers import device_users
+
     nproc = max(1, case.procs)
     run = secrets.token_hex(3)
     plans = [gen.Plan(host=host, port=port, prefix=f"pf{run}{g}", run=run, slot=g,
@@ -329,8 +431,9 @@ def run_connstorm(case: Case, host: str, port: int, broker: Pids) -> dict:
                for g, p in enumerate(plans)]
         cpu0 = procstat.cpu_seconds(broker()) if broker else 0.0
         gen0 = procstat.cpu_seconds(gens.pids())
+        users = device_users(case.clients) if case.scenario == "authstorm" else []
         for g, conn in enumerate(gens.conns):
-            conn.send(("connstorm", ids[g], concurrency))
+            conn.send(("connstorm", ids[g], concurrency, users[g::nproc] or None))
         info = [gens._reply(conn, "connstorm", 120 + case.clients / 100) for conn in gens.conns]
         gen_cpu = procstat.cpu_seconds(gens.pids()) - gen0
         cpu = procstat.cpu_seconds(broker()) - cpu0 if broker else 0.0
@@ -369,16 +472,18 @@ def run_task(case: Case, host: str, port: int, broker: Pids) -> dict:
     return res
 
 
-def run_case(case: Case, host: str, port: int, broker: Pids = None, sub_port: int = 0) -> dict:
+def run_case(case: Case, host: str, port: int, broker: Pids = None, api: Api = None,
+             sub_port: int = 0) -> dict:
     """Run one case against host:port; `broker` lists the pids to measure (or None);
-    with ``sub_port`` a flow's subscribers connect there (another node)."""
+    `api` is the REST API the apibusy case loads (None: the MQTT part alone); with
+    ``sub_port`` a flow's subscribers connect there (another node)."""
     gen.raise_nofile()
-    if case.scenario == "connstorm":
+    if case.scenario in ("connstorm", "authstorm"):
         res = run_connstorm(case, host, port, broker)
     elif case.scenario in ("retained", "backlog"):
         res = run_task(case, host, port, broker)
     else:
-        res = run_flow(case, host, port, broker, sub_port)
+        res = run_flow(case, host, port, broker, api, sub_port)
     return res
 
 

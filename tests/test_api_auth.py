@@ -5,7 +5,9 @@ failed-login lockout. A real broker with [authentication] enabled, 2 workers.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,6 +40,8 @@ from test_api_support import (
     wait_port,
 )
 from test_cluster_support import owner_pid
+
+from bwfast.store import Store
 
 pytestmark = pytest.mark.bwfast_only
 
@@ -210,11 +214,13 @@ def test_revoking_credentials_disconnects_live_connections(api: ApiBroker, call:
 
 
 def test_revoking_credentials_while_connects_are_being_checked(api: ApiBroker) -> None:
-    """CONNECTs whose password check (scrypt, in a thread) is still running when
-    remove_auth commits must not get in with the removed credentials: once the
-    call has answered, no connection of that user is left open."""
+    """CONNECTs whose password check (a costly hash, in a hashing thread) is still
+    running when remove_auth commits must not get in with the removed credentials:
+    once the call has answered, no connection of that user is left open."""
     user = f"race-{uuid.uuid4().hex[:6]}"
-    assert api.post("add_auth", username=user, password="pw").status_code == 200
+    # 20,000 PBKDF2 iterations: too costly for the loop, so checked in the threads
+    r = _passwd(api, "add", user, "--password", "pw", "--iterations", "20000")
+    assert r.returncode == 0, r.stderr
     socks = []
     for i in range(24):  # more than the checker threads: some wait for their turn
         c = RawClient("127.0.0.1", api.port, version=V5 if i % 2 else V311)
@@ -262,6 +268,86 @@ def test_passwd_cli_while_the_broker_runs(api: ApiBroker) -> None:
     assert _passwd(api, "add", "", "--password", "x").returncode == 2
     assert _passwd(api, "add", "u" * 600, "--password", "x").returncode == 2
     assert _passwd(api, "frobnicate").returncode == 2
+
+
+def test_passwd_import_of_a_mosquitto_password_file(api: ApiBroker, tmp_path) -> None:
+    """Hashes made by Mosquitto's own mosquitto_passwd ($7$ PBKDF2-SHA512, and the
+    $6$ SHA512 of Mosquitto 1.x) work as they are, on every worker."""
+    if shutil.which("mosquitto_passwd") is None:
+        pytest.fail("mosquitto_passwd is needed (apt-get install mosquitto)")
+    tag = uuid.uuid4().hex[:6]
+    pbkdf2, old, kept = f"mq7-{tag}", f"mq6-{tag}", f"kept-{tag}"
+    pwfile = tmp_path / "password_file"
+    for args in (["-c", "-b", str(pwfile), pbkdf2, "pw-7"],
+                 ["-H", "sha512", "-b", str(pwfile), old, "pw-6"]):
+        subprocess.run(["mosquitto_passwd", *args], check=True, capture_output=True, timeout=30)
+    assert "$7$" in pwfile.read_text() and "$6$" in pwfile.read_text()
+    assert api.post("add_auth", username=kept, password="mine").status_code == 200
+    r = _passwd(api, "import", str(pwfile))
+    assert r.returncode == 0, r.stderr
+    assert "imported 2 users" in r.stdout and "1 $6$ hashes" in r.stderr
+    assert_connects(api, pbkdf2, "pw-7", ok=True)
+    assert_connects(api, pbkdf2, "pw-6", ok=False)
+    assert _stored(api, old)["alg"] == "sha512"
+    assert_connects(api, old, "pw-6", ok=True)
+    assert _stored(api, old)["alg"] == "pbkdf2-sha512"  # the weak $6$ hash is gone
+    assert_connects(api, old, "pw-7", ok=False)
+    assert_connects(api, kept, "mine", ok=True)  # users not in the file are left alone
+
+    # one bad line (a plain-text password) and nothing is written, not even the good ones
+    bad = tmp_path / "bad_file"
+    bad.write_text(f"new-{tag}:{pwfile.read_text().splitlines()[0].split(':', 1)[1]}\n"
+                   f"{pbkdf2}:plain\n")
+    r = _passwd(api, "import", str(bad))
+    assert r.returncode == 2 and "line 2" in r.stderr and "plain-text" in r.stderr
+    assert f"new-{tag}" not in _passwd(api, "list").stdout.split()
+    assert_connects(api, pbkdf2, "pw-7", ok=True)
+    assert _passwd(api, "import", str(tmp_path / "missing")).returncode == 2
+    for user in (pbkdf2, old, kept):
+        assert _passwd(api, "remove", user).returncode == 0
+
+
+def test_passwd_iterations(api: ApiBroker) -> None:
+    """A costlier hash (checked in the worker's hashing threads) connects as well."""
+    user = f"iter-{uuid.uuid4().hex[:6]}"
+    r = _passwd(api, "add", user, "--password", "pw", "--iterations", "20000")
+    assert r.returncode == 0, r.stderr
+    assert_connects(api, user, "pw", ok=True)
+    assert_connects(api, user, "other", ok=False)
+    assert _passwd(api, "set", user, "--password", "pw", "--iterations", "0").returncode == 2
+    assert _passwd(api, "remove", user).returncode == 0
+
+
+def test_scrypt_records_of_earlier_versions_still_connect(api: ApiBroker) -> None:
+    """A record written by an earlier bwfast (scrypt, before PBKDF2-SHA512) is
+    checked in the hashing threads, still lets its device in, and is then
+    rewritten in the current format (so the next restart's storm is cheap)."""
+    user = f"old-{uuid.uuid4().hex[:6]}"
+    salt = os.urandom(16)
+    record = {"alg": "scrypt", "n": 1 << 10, "r": 8, "p": 1, "salt": salt,
+              "hash": hashlib.scrypt(b"legacy", salt=salt, n=1 << 10, r=8, p=1, dklen=32)}
+    store = Store(str(api.data_dir))
+    try:
+        store.put("auth", user.encode(), record)
+        store.commit()
+    finally:
+        store.close()
+    assert_connects(api, user, "legacy", ok=True)
+    # rewritten as PBKDF2-SHA512 by the first CONNECT that passed, same password
+    assert _stored(api, user)["alg"] == "pbkdf2-sha512"
+    assert_connects(api, user, "legacy", ok=True)
+    assert_connects(api, user, "other", ok=False)
+    assert _passwd(api, "remove", user).returncode == 0
+
+
+def _stored(api: ApiBroker, user: str) -> dict[str, Any]:
+    store = Store(str(api.data_dir))
+    try:
+        record = store.get("auth", user.encode())
+    finally:
+        store.close()
+    assert record is not None
+    return record
 
 
 def test_tokens_survive_an_api_restart(api: ApiBroker) -> None:

@@ -4,10 +4,11 @@ against its own null sink and forwarder (no broker needed)."""
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 
-from perf import mqtt, scenarios
+from perf import brokers, mqtt, scenarios
 from perf.__main__ import overrides, parser
 from perf.brokers import HOST, SinkServer
 
@@ -80,3 +81,83 @@ def test_latency_through_forwarder_is_timestamped() -> None:
         res = scenarios.run_case(case, HOST, sink.port)
     assert res["samples"] > 500
     assert 0 < res["p50_ms"] <= res["p99_ms"] <= res["max_ms"] < 1000
+
+
+def test_issue_13_cases_are_in_compare() -> None:
+    labels = [scenarios.make_case(s).label for s in scenarios.DEFAULT_CASES]
+    assert "pairwise q1 64B x16 w32" in labels and "pairwise q1 16B x10" in labels
+    assert "cpu q0 16B x250 @25000/s" in labels and "cpu q0 16B x1000 @5000/s" in labels
+    assert {"connstorm x10000", "authstorm x10000", "backlog 100000 q1 sync",
+            "apibusy q0 16B x10 api 200/s over 5000"} <= set(labels)
+    assert scenarios.make_case("apibusy:devices=7,api_rate=3").label.endswith(
+        "api 3/s over 7")
+
+
+def test_light_load_is_timestamped_one_message_per_write() -> None:
+    """cpu: p50/p90 latency beside the CPU figures (no bulk-read naps)."""
+    case = scenarios.make_case("cpu", clients=4, rate=400, duration=0.5, warmup=0.2)
+    with SinkServer("forward") as sink:
+        res = scenarios.run_case(case, HOST, sink.port)
+    assert res["lost"] == 0 and res["samples"] > 0
+    assert 0 < res["p50_ms"] <= res["p90_ms"] <= res["max_ms"]
+
+
+def test_issue_shape_qos1_window_32_loses_nothing() -> None:
+    case = scenarios.make_case("pairwise:qos=1,clients=2,payload=64,inflight=32", procs=1,
+                               duration=0.5, warmup=0.2)
+    with SinkServer("forward") as sink:
+        res = scenarios.run_case(case, HOST, sink.port)
+    assert res["lost"] == 0 and res["received"] == res["sent"] > 0
+
+
+def test_authstorm_connects_carry_credentials() -> None:
+    """The authstorm's CONNECTs carry each device's username and password."""
+    pkt = mqtt.connect("c1", username="dev00001", password="pw")
+    assert pkt[9] == 0xC2  # User Name, Password and Clean Session flags [MQTT-3.1.2-3]
+    assert pkt.endswith(mqtt.utf8("c1") + mqtt.utf8("dev00001") + mqtt.utf8("pw"))
+    assert mqtt.connect_client_id(pkt[2:]) == ("c1", mqtt.V311)
+
+
+@pytest.mark.bwfast_only
+def test_authstorm_against_bwfast_and_mosquitto(tmp_path: Path) -> None:
+    """A tiny authstorm: the password_file (mosquitto_passwd -U) imported into bwfast
+    with `bwfast passwd import`, and read by Mosquitto as it is; everyone gets in,
+    and a storm without credentials is refused."""
+    pwfile = tmp_path / "password_file"
+    brokers.credentials(pwfile, 40)
+    assert pwfile.read_text().count("$7$") == 40
+    made = [brokers.bwfast(_dir(tmp_path, "bw"), 1, password_file=pwfile)]
+    mosq = brokers.mosquitto(_dir(tmp_path, "mq"), pwfile)
+    if mosq is not None:
+        made.append(mosq)
+    for broker in made:
+        assert broker.start() is None, broker.tail()
+        try:
+            storm = scenarios.run_case(scenarios.make_case("authstorm", clients=40, procs=2),
+                                       HOST, broker.port, broker.pids)
+            assert (storm["connected"], storm["failed"]) == (40, 0), (broker.name, storm)
+            anon = scenarios.run_case(scenarios.make_case("connstorm", clients=4, procs=1),
+                                      HOST, broker.port)
+            assert anon["connected"] == 0, (broker.name, anon)
+        finally:
+            broker.stop()
+
+
+@pytest.mark.bwfast_only
+def test_apibusy_loads_the_rest_api(tmp_path: Path) -> None:
+    broker = brokers.bwfast(tmp_path, 1, api=True)
+    assert broker.start() is None, broker.tail()
+    try:
+        case = scenarios.make_case("apibusy", devices=30, api_rate=50, clients=2, procs=1,
+                                   duration=0.5, warmup=0.2)
+        res = scenarios.run_case(case, HOST, broker.port, broker.pids,
+                                 (broker.api_port, *brokers.API_LOGIN))
+    finally:
+        broker.stop()
+    assert res["api_devices"] == 30 and res["api_errors"] == 0 and "api_req_per_s" in res
+    assert res["received"] == res["sent"] > 0 and res["cpu_all_us_per_msg"] > 0
+
+
+def _dir(root: Path, name: str) -> Path:
+    (root / name).mkdir()
+    return root / name

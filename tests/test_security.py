@@ -87,6 +87,11 @@ def closed_within(c: RawClient, seconds: float) -> list[Any]:
 # ------------------------------------------------------------------ data at rest
 
 def _assert_private(data_dir: Path) -> None:
+    # A 4-worker broker accepts MQTT as soon as one worker listens; worker 0 may
+    # still be making its control socket.
+    deadline = time.monotonic() + 10
+    while not (data_dir / "run" / "worker-0.ctl").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert mode(data_dir) == 0o700, oct(mode(data_dir))
     names = set()
     for root, dirs, files in os.walk(data_dir):

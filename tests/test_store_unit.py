@@ -5,7 +5,7 @@ import lmdb
 import msgpack
 import pytest
 
-from bwfast.store import SCHEMA_VERSION, Store, StoreError
+from bwfast.store import COMMIT_GAP, LAZY_COMMIT_GAP, SCHEMA_VERSION, Store, StoreError
 
 
 def committed(s: Store, db: str, key: bytes) -> object:
@@ -163,3 +163,61 @@ def test_a_pending_callback_makes_the_batch_urgent(tmp_path):
     assert s.urgent
     s.commit()
     assert not s.urgent
+
+
+@pytest.mark.parametrize("sync", [True, False])
+def test_group_commit_pacing(tmp_path, sync):
+    """commit_wait (times are given, nothing is timed): an urgent batch waits out
+    COMMIT_GAP after the last commit began, a lazy one LAZY_COMMIT_GAP; after a
+    commit that fsynced, a batch an ack waits for goes at once (the fsync already
+    batched what arrived during it: a publisher waiting on our PUBACKs got 20
+    messages per 1-2 ms of timer otherwise)."""
+    s = Store(str(tmp_path), sync=sync)
+    s.put("devices", b"d", {})
+    s.commit(100.0)
+    assert not s.synced
+    s.put("events", b"e", {})  # lazy
+    assert s.commit_wait(100.0) == pytest.approx(LAZY_COMMIT_GAP)
+    s.put("clients", b"c", [1])  # urgent, not durable: the gap holds
+    assert s.commit_wait(100.0002) == pytest.approx(COMMIT_GAP - 0.0002)
+    assert s.commit_wait(100.0 + COMMIT_GAP) <= 0
+    s.commit(100.002)
+    assert not s.synced
+    s.put("queue", b"q1", [1])  # durable
+    s.commit(100.004)
+    assert s.synced is sync
+    s.put("queue", b"q2", [2])
+    assert s.commit_wait(100.0041) > 0  # nobody waits for it: the gap holds
+    s.after_commit(lambda: None)        # a PUBACK waits for it
+    assert (s.commit_wait(100.0041) <= 0) is sync
+    s.commit(100.0041)
+    s.put("events", b"e2", {})
+    s.commit(100.005)
+    assert not s.synced  # a lazy batch is not fsynced
+    s.put("events", b"e3", {})
+    assert s.commit_wait(100.005) == pytest.approx(LAZY_COMMIT_GAP)
+
+
+def test_replace_if_never_overwrites_a_record_changed_meanwhile(tmp_path):
+    """The rehash of an older credential after a CONNECT: written at once only if
+    the record is still the one that was checked (edit_auth may have run)."""
+    s = Store(str(tmp_path))
+
+    def elsewhere(value: object) -> None:  # another process's commit (the REST API)
+        with s.env.begin(write=True, db=s.dbs["auth"]) as txn:
+            if value is None:
+                txn.delete(b"u")
+            else:
+                txn.put(b"u", msgpack.packb(value))
+
+    s.put("auth", b"u", {"v": 1})
+    s.commit()
+    assert s.replace_if("auth", b"u", {"v": 1}, {"v": 2})
+    assert committed(s, "auth", b"u") == {"v": 2}  # at once, no commit() needed
+    elsewhere({"v": 3})
+    assert not s.replace_if("auth", b"u", {"v": 2}, {"v": 4})
+    assert committed(s, "auth", b"u") == {"v": 3}
+    elsewhere(None)
+    assert not s.replace_if("auth", b"u", {"v": 3}, {"v": 5})
+    assert committed(s, "auth", b"u") is None
+    s.close()

@@ -1,8 +1,8 @@
 """``add_auth``, ``edit_auth``, ``remove_auth`` (spec: "Add Authentication", ...).
 
-Credentials are salted scrypt records (bwfast.auth) in the ``auth`` database,
+Credentials are salted PBKDF2-SHA512 records (bwfast.auth) in the ``auth`` database,
 never the password. Workers read them at each CONNECT, so a change applies to
-the next CONNECT on any worker as soon as it is committed. Hashing takes tens
+the next CONNECT on any worker as soon as it is committed. Hashing may take tens
 of milliseconds, so it runs in a thread, off the event loop. The spec wraps
 these three answers in ``{"status": {...}}``; missing parameters and token
 errors keep the flat shape, as the spec prints them.

@@ -1,8 +1,8 @@
 """``send_client`` and ``send_all`` (spec: "Clientsend", "Sendall").
 
 Both go to the workers over their control sockets (api/workers.py); the
-worker does what a PUBLISH would do. The topic is a topic name, so wildcards
-are refused [MQTT-3.3.2-2].
+worker does what a PUBLISH would do, exactly once per call (bwfast/once.py).
+The topic is a topic name, so wildcards are refused [MQTT-3.3.2-2].
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from api.errors import BadParameter, NotFound, fail_body
 from api.guard import authorized, success
 from api.params import Params
 from api.views import lookup
+from bwfast.store import Store
 
 bp = Blueprint("messages", url_prefix="/bwiot/api/v1")
 
@@ -33,6 +34,17 @@ def _publish_args(params: Params) -> dict[str, Any]:
             "retain": params.flag("retain")}
 
 
+def _holder(store: Store, clientid: str) -> int | None:
+    """The worker that holds the client: `clients` (written before its CONNACK,
+    with more than one worker), else its device row (flushed within a second)."""
+    owner = lookup(store, "clients", clientid)
+    if isinstance(owner, int):
+        return owner
+    rec = lookup(store, "devices", clientid)
+    hint = rec.get("worker") if isinstance(rec, dict) else None
+    return hint if isinstance(hint, int) else None
+
+
 @bp.post("/send_client")
 @authorized
 async def send_client(request: Request) -> HTTPResponse:
@@ -43,9 +55,7 @@ async def send_client(request: Request) -> HTTPResponse:
     assert clientid is not None
     args = _publish_args(params)
     ctx = request.app.ctx
-    rec = lookup(ctx.store, "devices", clientid)
-    hint = rec.get("worker") if isinstance(rec, dict) else None
-    if not await ctx.workers.send_client(clientid, hint if isinstance(hint, int) else None, args):
+    if not await ctx.workers.send_client(clientid, _holder(ctx.store, clientid), args):
         raise NotFound(fail_body(NOT_DELIVERED))
     return success(f"Message sent to client:{clientid}")
 

@@ -45,7 +45,6 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import msgpack
-from nats.protocol.command import pub_cmd
 
 from bwfast.codes import UNSPECIFIED_ERROR
 from bwfast.message import Message
@@ -121,6 +120,7 @@ class NodeLink:
         self._rr: dict[tuple[str, str], int] = {}
         self._last_hb = 0.0
         self._pack = msgpack.Packer(use_bin_type=True).pack
+        self._pub_cmd: Any = None
         self.tasks: list[asyncio.Task] = []
         self.kv = NodeKV(self)
         self.api = NodeAPI(self)
@@ -168,6 +168,9 @@ class NodeLink:
 
     async def _connect_loop(self, first: asyncio.Future) -> None:
         import nats  # imported here: a broker without [cluster] never loads it
+        from nats.protocol.command import pub_cmd
+
+        self._pub_cmd = pub_cmd
 
         while not self.closed:
             try:
@@ -333,7 +336,7 @@ class NodeLink:
         try:
             if nc is None or not nc.is_connected or nc._pending_data_size:
                 return False
-            nc._transport.write(pub_cmd(subject, "", data))
+            nc._transport.write(self._pub_cmd(subject, "", data))
             nc.stats["out_msgs"] += 1
             nc.stats["out_bytes"] += len(data)
             return True

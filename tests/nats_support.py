@@ -29,7 +29,7 @@ def nats_binary() -> str:
 
 class NatsServer:
     def __init__(self, root: Path, name: str = "n", routes: list[int] | None = None,
-                 cluster_port: int | None = None) -> None:
+                 cluster_port: int | None = None, extra: list[str] | None = None) -> None:
         self.root = root / f"nats-{name}"
         self.root.mkdir(parents=True, exist_ok=True)
         self.name = name
@@ -37,6 +37,7 @@ class NatsServer:
         self.http = free_port()
         self.cluster_port = cluster_port
         self.routes = routes or []
+        self.extra = extra or []
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -45,7 +46,7 @@ class NatsServer:
 
     def command(self) -> list[str]:
         cmd = [nats_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-m", str(self.http),
-               "-js", "-sd", str(self.root / "js"), "-n", self.name]
+               "-js", "-sd", str(self.root / "js"), "-n", self.name, *self.extra]
         if self.cluster_port:
             cmd += ["--cluster_name", "bwtest", "--cluster",
                     f"nats://127.0.0.1:{self.cluster_port}",

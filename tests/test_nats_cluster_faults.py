@@ -336,3 +336,24 @@ def test_durable_sessions_resume_on_another_node_when_theirs_is_gone(
     assert [m.payload for m in again.get_n(5)] == [f"d{i}".encode() for i in range(5)]
     pub.publish(t, b"after", 1)  # the subscription lives on node b now
     assert again.get().payload == b"after"
+
+
+def test_nats_credentials(tmp_path: Path, workers: int, made: list[Any]) -> None:
+    """[cluster] user/password: right ones join; wrong ones are a NATS that can't be
+    reached (one line, the password never in it), the node serves its own clients."""
+    ns = NatsServer(tmp_path, extra=["--user", "bw", "--pass", "nats-pw-1"]).start()
+    made.append(ns)
+    good = node(tmp_path, "good", ns.url, workers,
+                **{"cluster.user": "bw", "cluster.password": "nats-pw-1"})
+    bad = node(tmp_path, "bad", ns.url, workers,
+               **{"cluster.user": "bw", "cluster.password": "wrong-pw-2"})
+    made += [good.start(), bad.start()]
+    wait_for(lambda: joined(good), what="the node with the right password joined")
+    text = bad.log_path.read_text()
+    assert not joined(bad)
+    assert len([ln for ln in text.splitlines() if "cannot reach NATS" in ln]) == 1
+    assert "wrong-pw-2" not in text and "nats-pw-1" not in good.log_path.read_text()
+    c = client(made, bad)
+    c.subscribe("nf/alone", 1)
+    client(made, bad).publish("nf/alone", b"still here", 1)
+    assert c.get().payload == b"still here"

@@ -98,6 +98,7 @@ class NodeLink:
         self.connected = False
         self.closed = False
         self.warned = False
+        self.lost = 0  # frames NATS would not take during this outage
         # The merge table: (node, worker) -> its filters; (node, filter) -> workers having it.
         self.rows: dict[tuple[str, int], set[str]] = {}
         self.gens: dict[tuple[str, int], int] = {}
@@ -236,6 +237,10 @@ class NodeLink:
     async def _on_reconnected(self) -> None:
         if self.index == 0:
             log.info("cluster: node %s back on NATS", self.node)
+        if self.lost:
+            log.warning("cluster: %d frames to other nodes were lost while NATS was away",
+                        self.lost)
+            self.lost = 0
         await self._joined()
 
     async def close(self) -> None:
@@ -356,8 +361,10 @@ class NodeLink:
                 try:
                     await nc.publish(subject, data)
                 except Exception as e:  # noqa: BLE001 - closed or buffer full: lost, see README
-                    log.warning("cluster: could not publish to %s (%s)", subject,
-                                type(e).__name__)
+                    self.lost += 1
+                    if self.lost == 1:  # once per outage: a flood of these helps nobody
+                        log.warning("cluster: frames to other nodes lost while NATS is away "
+                                    "(%s); counted until it is back", type(e).__name__)
 
     # -- routes out -------------------------------------------------------------------------------
     def route_added(self, filt: str) -> None:

@@ -61,8 +61,8 @@ class DurableSessions:
         node = self.link.node
         live = self.worker.sessions.sessions
         for cid, session in list(live.items()):
-            if not session.persistent:
-                continue
+            if not session.persistent or session.moved_to >= 0:
+                continue  # a session moving away is written by the node it goes to
             sig = (len(session.subs), hash(tuple(session.subs)), len(session.inflight),
                    len(session.queue or ()), session.seq, session.next_pid,
                    len(session.qos2_in), session.conn is None)

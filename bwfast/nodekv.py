@@ -35,6 +35,8 @@ log = logging.getLogger("bwfast.nodes")
 RETAINED = "bwfast_retained"
 CLIENTS = "bwfast_clients"
 TAKE_TIMEOUT = 2.0
+MOVE_GRACE = 3.0  # seconds a session handed to another node forwards what still comes here
+REMOTE_MOVE = 1 << 20  # Session.moved_to of a session moving to another node (nodes.REMOTE_BASE)
 
 
 def kv_key(text: str) -> str:
@@ -183,7 +185,8 @@ class NodeKV:
         inbox = nc.new_inbox()
         sub = await nc.subscribe(inbox, cb=on_reply)
         try:
-            await nc.publish(take_subject(owner), msgpack.packb([cid, clean, self.link.node]),
+            await nc.publish(take_subject(owner),
+                             msgpack.packb([cid, clean, self.link.node, self.link.index]),
                              reply=inbox)
             try:
                 await asyncio.wait_for(done.wait(), TAKE_TIMEOUT)
@@ -197,20 +200,28 @@ class NodeKV:
         """Write the handed-over session into our LMDB and load it here."""
         store = self.worker.store
         sessions = self.worker.sessions
-        if cid in sessions.sessions:
-            return  # a local session wins (it was never on the other node)
+        held = sessions.sessions.get(cid)
+        if held is not None:
+            if held.moved_to != REMOTE_MOVE:
+                return  # a local session wins (it was never on the other node)
+            # It left us a moment ago and comes back: the other node's copy is current.
+            self.link.moved.pop(cid, None)
+            held.moved_to = -1
+            sessions.destroy(held, publish_will=False)
         store.put("sessions", cid.encode(), data["rec"])
         for i, qrec in enumerate(data["entries"], 1):
             store.put("queue", queue_key(cid, i), qrec)
         for pid in data["qos2"]:
             store.put("inflight", cid.encode() + b"\x00" + pid.to_bytes(2, "big"), 1)
         store.commit()
-        sessions.adopt(cid)
+        session = sessions.adopt(cid)
+        if session is not None:
+            self.link.deliver_early(session)
 
     async def _on_take(self, m: Any) -> None:
         """Another node has a CONNECT for a client id: answer if this worker holds it."""
         try:
-            cid, clean, _ = msgpack.unpackb(m.data, raw=False)
+            cid, clean, to_node, to_worker = msgpack.unpackb(m.data, raw=False)
         except Exception:  # noqa: BLE001 - a stranger on our subject
             return
         sessions = self.worker.sessions
@@ -221,9 +232,31 @@ class NodeKV:
         if session.conn is not None:
             sessions._take_over(session, clean)
         data = session_data(session) if not clean and session.persistent else None
-        sessions.destroy(session, publish_will=False)
+        if data is None:
+            sessions.destroy(session, publish_will=False)
+        else:
+            self._moving(session, to_node, to_worker)
         self.worker.schedule_tick()
         await m.respond(msgpack.packb([True, data]))
+
+    def _moving(self, session: Any, to_node: str, to_worker: int) -> None:
+        """Make before break: until the new node's routes are everywhere, messages
+        that still come here for the session are forwarded to it (at least once)."""
+        type(self.worker.sessions)._cancel_timers(session)
+        session.discard_state()  # handed over with the session
+        session.moved_to = REMOTE_MOVE
+        self.link.moved[session.client_id] = (to_node, to_worker)
+        self.worker.router.invalidate()
+        asyncio.get_running_loop().call_later(MOVE_GRACE, self._moved, session)
+
+    def _moved(self, session: Any) -> None:
+        self.link.moved.pop(session.client_id, None)
+        sessions = self.worker.sessions
+        held = sessions.sessions.get(session.client_id)
+        if held is not None and held is session:
+            held.moved_to = -1
+            sessions.destroy(held, publish_will=False)
+            self.worker.schedule_tick()
 
 
 def session_data(session: Any) -> dict:

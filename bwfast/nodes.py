@@ -61,6 +61,8 @@ log = logging.getLogger("bwfast.nodes")
 REMOTE_BASE = 1 << 20  # router peer ids of remote nodes start here (workers are below)
 ROUTES = "bwfast.routes"
 FRAME_ITEMS = 1000     # messages per frame at most (a flood is sent as it comes)
+MAX_EARLY = 10_000     # messages kept for a moving session not here yet
+EARLY_KEEP = 10.0      # seconds they are kept
 ROUTE_TIMEOUT = 2.0    # seconds a SUBACK waits for other nodes at most
 SYS = "bwfast.sys"     # [node, figures]: each node's worker 0, every sys_interval
 RETRY = 1.0            # seconds between connection attempts until the first one works
@@ -124,6 +126,8 @@ class NodeLink:
         self._pub_cmd: Any = None
         self.tasks: list[asyncio.Task] = []
         self.kv = NodeKV(self)
+        self.moved: dict[str, tuple[str, int]] = {}  # client id -> (node, worker) it moved to
+        self.early: dict[str, tuple[float, list]] = {}  # client id -> (since, forwarded msgs)
         self.api = NodeAPI(self)
         self.sync = NodeSync(self)
         self.durable = DurableSessions(self) if self.cfg.durable_sessions else None
@@ -283,7 +287,7 @@ class NodeLink:
         if not self.changes:
             return 0
         seq = 0
-        for kind, filters in _coalesce(self.changes):
+        for kind, filters in _coalesce(self.changes, self.worker.router.local_routes):
             self.gen += 1
             if kind == "+" and self.connected and self.heard:
                 seq = self.next_seq()
@@ -508,6 +512,8 @@ class NodeLink:
                     self._deliver(node, w, item[1], item[2], item[3], item[4])
                 elif item[0] == "d":
                     self._answered(item[1], pid)
+                elif item[0] == "sf":
+                    self._session_forward(*item[1:])
                 elif item[0] == "ra":
                     self._answered(item[1], (node, w))
             except Exception:  # noqa: BLE001 - one bad item must not lose the others
@@ -592,6 +598,30 @@ class NodeLink:
         except Exception:  # noqa: BLE001 - a stranger on our subject
             return
 
+    # -- sessions moving to another node (nodekv.NodeKV._moving) -------------------------------------
+    def forward_to_session(self, cid: str, msg: Message, qos: int, retain: bool,
+                           sub_ids: list[int] | None) -> None:
+        target = self.moved.get(cid)
+        if target is not None:
+            self.queue(target[0], target[1], ["sf", cid, msg.to_record(), qos, retain, sub_ids])
+
+    def _session_forward(self, cid: str, rec: list, qos: int, retain: bool,
+                         sub_ids: list[int] | None) -> None:
+        session = self.worker.sessions.sessions.get(cid)
+        if session is None:
+            # Ahead of the takeover reply that brings the session (another path
+            # through NATS): kept until it is installed (NodeKV._install).
+            held = self.early.setdefault(cid, (time.monotonic(), []))[1]
+            if len(held) < MAX_EARLY:
+                held.append((rec, qos, retain, sub_ids))
+            return
+        session.deliver(Message.from_record(rec), qos, retain, sub_ids)
+
+    def deliver_early(self, session: Any) -> None:
+        """Messages forwarded to a moving session that came before it did."""
+        for rec, qos, retain, sub_ids in self.early.pop(session.client_id, (0.0, []))[1]:
+            session.deliver(Message.from_record(rec), qos, retain, sub_ids)
+
     # -- leases and timeouts (Worker._scan) ---------------------------------------------------------
     def sweep(self) -> None:
         now = time.monotonic()
@@ -603,6 +633,9 @@ class NodeLink:
             for key, heard in list(self.heard.items()):
                 if now - heard > lease:
                     self._drop(key)
+        for cid in [c for c, (t, _) in self.early.items() if now - t > EARLY_KEEP]:
+            log.warning("cluster: %d messages for session %r that never arrived here",
+                        len(self.early.pop(cid)[1]), cid)
         for seq, w in list(self.waiters.items()):
             if now > w[3]:
                 del self.waiters[seq]
@@ -637,13 +670,11 @@ class NodeLink:
         self.worker.schedule_tick()
 
 
-def _coalesce(changes: list[list[Any]]) -> list[tuple[str, list[str]]]:
-    """Runs of the same kind become one announcement, in order."""
-    out: list[tuple[str, list[str]]] = []
-    for kind, filt in changes:
-        if out and out[-1][0] == kind:
-            out[-1][1].append(filt)
-        else:
-            out.append((kind, [filt]))
-    return out
-
+def _coalesce(changes: list[list[Any]], held: dict[str, int]) -> list[tuple[str, list[str]]]:
+    """The net change per filter since the last announcement, "-" first: a filter
+    removed and added again in one iteration (a session moving back) is never
+    announced as gone, so the other nodes never lose its route meanwhile."""
+    touched = list(dict.fromkeys(filt for _, filt in changes))
+    gone = [f for f in touched if f not in held]
+    new = [f for f in touched if f in held]
+    return [(kind, fs) for kind, fs in (("-", gone), ("+", new)) if fs]

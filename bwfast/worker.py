@@ -362,6 +362,9 @@ class Worker:
 
     def forward_to_session(self, peer: int, session: Any, msg: Message, qos: int, retain: bool,
                            sub_ids: list[int] | None) -> None:
+        if peer >= REMOTE_BASE and self.nodes is not None:  # moving to another node
+            self.nodes.forward_to_session(session.client_id, msg, qos, retain, sub_ids)
+            return
         assert self.cluster is not None
         self.cluster.forward_to_session(peer, session.client_id, msg, qos, retain, sub_ids)
 

@@ -6,6 +6,7 @@ nothing but the NATS server (JetStream on, its own store dir).
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -311,3 +312,47 @@ def _api_up(http: httpx.Client) -> bool:
         return True
     except httpx.HTTPError:
         return False
+
+
+def test_persistent_session_moves_between_nodes_under_traffic(cl: Nodes) -> None:
+    """A persistent QoS 1 subscriber moves a -> c -> b -> a (takeovers) while node b's
+    publisher streams QoS 1 to it: every message the publisher got a PUBACK for
+    reaches the subscriber at least once (the old node forwards what still comes
+    to it until the new node's route is everywhere)."""
+    cid = f"mover-{next(_ids)}"
+    t = topic("mover")
+    subs = [cl.client(cl.a, cid=cid, clean=False)]
+    subs[0].subscribe(t, 1)
+    pub = cl.client(cl.b)
+    acked: list[int] = []
+    stop = threading.Event()
+
+    def publish() -> None:
+        i = 0
+        while not stop.is_set():
+            pub.publish(t, str(i).encode(), 1)
+            acked.append(i)
+            i += 1
+
+    thread = threading.Thread(target=publish)
+    thread.start()
+    try:
+        for target in (cl.c, cl.b, cl.a):
+            time.sleep(0.7)
+            nxt = cl.client(target, cid=cid, clean=False, connect=False)
+            present, rc, _ = nxt.connect()
+            assert rc == 0 and present
+            subs.append(nxt)
+        time.sleep(0.7)
+    finally:
+        stop.set()
+        thread.join(15)
+    got: set[int] = set()
+    deadline = time.monotonic() + 10
+    while not set(acked) <= got and time.monotonic() < deadline:
+        for s in subs:
+            while not s.messages.empty():
+                got.add(int(s.messages.get().payload))
+        time.sleep(0.1)
+    assert len(acked) > 50, "too little traffic"
+    assert sorted(set(acked) - got) == []

@@ -86,8 +86,8 @@ class DurableSessions:
         if self.kv is None:
             return None
         try:
-            entry = await self.kv.get(kv_key(cid))
-        except Exception:  # noqa: BLE001 - KeyNotFound
+            entry = await asyncio.wait_for(self.kv.get(kv_key(cid)), 2.0)
+        except Exception:  # noqa: BLE001 - KeyNotFound, or JetStream too slow
             return None
         origin, data = msgpack.unpackb(entry.value, raw=False, strict_map_key=False)
         return data if origin == owner else None

@@ -35,6 +35,7 @@ log = logging.getLogger("bwfast.nodes")
 RETAINED = "bwfast_retained"
 CLIENTS = "bwfast_clients"
 TAKE_TIMEOUT = 2.0
+KV_TIMEOUT = 1.0  # seconds a CONNECT waits for a bucket (JetStream electing a leader...)
 MOVE_GRACE = 3.0  # seconds a session handed to another node forwards what still comes here
 REMOTE_MOVE = 1 << 20  # Session.moved_to of a session moving to another node (nodes.REMOTE_BASE)
 
@@ -142,7 +143,8 @@ class NodeKV:
         if self.clients is not None and self.link.connected:
             try:
                 # Written before the CONNACK, so a CONNECT on another node right after finds us.
-                await self.clients.put(kv_key(cid), self.link.node.encode())
+                await asyncio.wait_for(self.clients.put(kv_key(cid), self.link.node.encode()),
+                                       KV_TIMEOUT)
             except Exception:  # noqa: BLE001 - NATS away: the next CONNECT writes it
                 self.ops.put_nowait(("client", kv_key(cid), self.link.node.encode()))
         proceed()
@@ -152,8 +154,8 @@ class NodeKV:
         if self.clients is None or not self.link.connected:
             return
         try:
-            entry = await self.clients.get(kv_key(cid))
-        except Exception:  # noqa: BLE001 - KeyNotFound: nobody had it
+            entry = await asyncio.wait_for(self.clients.get(kv_key(cid)), KV_TIMEOUT)
+        except Exception:  # noqa: BLE001 - KeyNotFound: nobody had it; or JetStream is slow
             return
         owner = entry.value.decode() if entry.value else ""
         if not owner or owner == self.link.node:

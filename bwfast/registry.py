@@ -125,6 +125,7 @@ class SessionRegistry:
             self.destroy(session, publish_will=False, release=False)
             return False
         self._cancel_timers(session)
+        session.stage_volatile()
         self.save(session)
         del self.sessions[cid]
         session.moved_to = to
@@ -345,4 +346,6 @@ class SessionRegistry:
                 session.live = False
                 self.worker.router.invalidate()
                 conn.session = None
+            if session.persistent:
+                session.stage_volatile()
             self.save(session)

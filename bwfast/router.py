@@ -337,4 +337,4 @@ def _plain(session: Session, opts: SubOpts) -> bool:
     conn = session.conn
     return (conn is not None and session.live and not opts.no_local and not opts.sub_id
             and session.moved_to < 0 and session.seen is None and not session.max_packet
-            and not conn.alias_max_out)
+            and not conn.alias_max_out and not session.queue)

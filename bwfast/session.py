@@ -22,6 +22,7 @@ NEVER_EXPIRES = 0xFFFFFFFF
 
 # inflight entry fields: [state, msg, qos, retain, sub_ids, seq]
 AWAIT_ACK, AWAIT_COMP = 0, 1
+STAGED = 2  # a QoS 0 queue entry that has an LMDB record (written by a move)
 
 
 class SubOpts:
@@ -108,12 +109,14 @@ class Session:
         conn = self.conn
         self.worker.history.command(self.client_id, msg)
         if qos == 0:
-            if self.live:
+            if self.live and not self.queue:
                 if conn.congested:  # type: ignore[union-attr]
                     self.worker.stats.dropped += 1  # a slow reader must not eat the memory
                     return
                 self._send(conn, msg, 0, retain, 0, sub_ids)  # type: ignore[arg-type]
             elif self.persistent or conn is not None:
+                # Behind what is queued (offline, or waiting for the QoS 1/2 window):
+                # a QoS 0 message queued earlier must not be overtaken [MQTT-4.6.0-6].
                 self._enqueue(msg, 0, retain, sub_ids)
             return
         if not self.live or self.queue or len(self.inflight) >= self.receive_max:
@@ -148,8 +151,19 @@ class Session:
         if self.queue is not None and len(self.queue) >= limit:
             self.worker.stats.dropped += 1
             return
-        seq = self._persist_new(msg, qos, retain, sub_ids) if qos else 0
-        self._queue().append([AWAIT_ACK, msg, qos, retain, sub_ids, seq])
+        if qos:
+            seq = self._persist_new(msg, qos, retain, sub_ids)
+        elif self.persistent:
+            # In memory only, but numbered among the QoS 1/2 records: a move to
+            # another worker writes it out in its place (stage_volatile).
+            self.seq += 1
+            seq = self.seq
+        else:
+            seq = 0
+        queue = self._queue()
+        if not queue and self.live:
+            self.worker.router.invalidate()  # the fast lane must not pass the queue (_plain)
+        queue.append([AWAIT_ACK, msg, qos, retain, sub_ids, seq])
 
     def _queue(self) -> deque[list]:
         """The offline queue, made on first use."""
@@ -207,13 +221,18 @@ class Session:
             entry = queue.popleft()
             msg = entry[1]
             if msg.expired(now):  # [MQTT-3.3.2-5]: an expired message is not delivered
-                if entry[5]:
+                if _has_record(entry):
                     self.worker.store.delete("queue", queue_key(self.client_id, entry[5]))
                 continue
             if entry[2] == 0:
+                if entry[0] == STAGED:  # it has an LMDB record (a move, or orphans.py)
+                    self.worker.store.delete("queue", queue_key(self.client_id, entry[5]),
+                                             durable=False)
                 self._send(conn, msg, 0, entry[3], 0, entry[4])
             else:
                 self._send_inflight(entry)
+        if not queue:
+            self.worker.router.invalidate()  # the fast lane may take this session again
 
     # -- acknowledgements from the client ---------------------------------------------
     def on_puback(self, pid: int) -> bool:
@@ -267,11 +286,21 @@ class Session:
                 self._send(conn, entry[1], entry[2], entry[3], pid, entry[4], dup=True)
         self.pump()
 
+    def stage_volatile(self) -> None:
+        """Handing the session to another worker: write its queued QoS 0 messages
+        (memory only until now) to LMDB in their place among the QoS 1/2 records,
+        so the new holder loads them in order (lazily: QoS 0 is never acknowledged)."""
+        for entry in self.queue or ():
+            if entry[2] == 0 and entry[5]:
+                self.worker.store.put(
+                    "queue", queue_key(self.client_id, entry[5]),
+                    [entry[1].to_record(), 0, entry[3], entry[4], 0, STAGED], durable=False)
+
     def discard_state(self) -> None:
         """Drop queued and in-flight messages (clean start or expiry)."""
         store = self.worker.store
         for entry in list(self.inflight.values()) + list(self.queue or ()):
-            if entry[5]:
+            if _has_record(entry):
                 store.delete("queue", queue_key(self.client_id, entry[5]))
         self.inflight.clear()
         self.queue = None
@@ -280,10 +309,19 @@ class Session:
     def restore_entry(self, seq: int, rec: list) -> None:
         """Put one persisted queue record back (broker restart)."""
         msg_rec, qos, retain, sub_ids, pid, state = rec
+        if qos == 0:
+            state = STAGED  # its record goes once it is sent
         entry = [state, Message.from_record(msg_rec), qos, retain, sub_ids, seq]
         self.seq = max(self.seq, seq)
         if pid and pid not in self.inflight:
             self.inflight[pid] = entry
             self.next_pid = pid + 1 if pid < 65535 else 1
         else:
+            if not self.queue and self.live:
+                self.worker.router.invalidate()
             self._queue().append(entry)
+
+
+def _has_record(entry: list) -> bool:
+    """Does this queue entry have an LMDB record (QoS 0 ones only once staged)?"""
+    return bool(entry[5]) and (entry[2] != 0 or entry[0] == STAGED)

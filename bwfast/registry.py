@@ -121,6 +121,8 @@ class SessionRegistry:
             return False
         if session.conn is not None:
             self._take_over(session, clean)
+        if session.held is not None:
+            session.end_move_in()  # still moving in from a third worker: queue them here
         if clean or not session.persistent:
             self.destroy(session, publish_will=False, release=False)
             return False

@@ -58,7 +58,7 @@ class Session:
     __slots__ = ("client_id", "worker", "version", "expiry", "subs", "inflight", "queue",
                  "qos2_in", "conn", "next_pid", "seq", "receive_max", "max_packet",
                  "will", "will_delay", "will_handle", "expiry_handle", "disconnected_at",
-                 "stored", "live", "moved_to", "seen", "adopted_from")
+                 "stored", "live", "moved_to", "seen", "adopted_from", "held")
 
     def __init__(self, client_id: str, worker: Worker) -> None:
         self.client_id = client_id
@@ -86,6 +86,9 @@ class Session:
         self.moved_to = -1                   # >= 0: handed over to that worker, forward there
         self.seen: set[int] | None = None    # while moving here: ids of messages delivered
         self.adopted_from = -1               # >= 0: just taken from that dead worker
+        # While moving in from a live worker: messages routed here directly, held
+        # until the old holder's last forwarded one is in (end_move_in).
+        self.held: list[tuple] | None = None
 
     @property
     def persistent(self) -> bool:
@@ -94,6 +97,25 @@ class Session:
     # -- delivery -------------------------------------------------------------------
     def deliver(self, msg: Message, qos: int, retain: bool, sub_ids: list[int] | None) -> None:
         """Hand one message to this session with the subscription's QoS already applied."""
+        held = self.held
+        if held is not None and self.moved_to < 0:
+            # Moving in: the old holder still forwards what it got before we did;
+            # those come first, so a message routed here directly waits [MQTT-4.6.0-6].
+            held.append((msg, qos, retain, sub_ids))
+            return
+        self.deliver_now(msg, qos, retain, sub_ids)
+
+    def end_move_in(self) -> None:
+        """The old holder forwarded its last message: deliver the held ones it did not."""
+        held, self.held = self.held, None
+        for item in held or ():
+            self.deliver_now(*item)
+        if self.adopted_from < 0:
+            self.seen = None
+        self.worker.router.invalidate()
+
+    def deliver_now(self, msg: Message, qos: int, retain: bool, sub_ids: list[int] | None) -> None:
+        """Deliver without holding: what the old holder forwards while moving in."""
         if self.moved_to >= 0:
             # Handed over to another worker that is still taking over our routes.
             self.worker.forward_to_session(self.moved_to, self, msg, qos, retain, sub_ids)

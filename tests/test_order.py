@@ -13,11 +13,14 @@ import time
 import pytest
 from conftest import Clients
 from mqtt_helpers import (
+    DISCONNECT,
     PUBLISH,
     PUBREL,
+    V5,
     V311,
     ConnectionClosed,
     Publish,
+    disconnect,
     parse_publish,
     persistent,
     puback,
@@ -25,7 +28,19 @@ from mqtt_helpers import (
     pubrec,
 )
 from test_cluster_support import connect_early
-from test_fast_lane import away, land, near, place
+from test_fast_lane import (
+    Streamer,
+    away,
+    land,
+    near,
+    on_topic,
+    place,
+    read_until,
+    runs,
+    seq_at_least,
+    seqs_of,
+    streamers,
+)
 
 LONG = 30.0
 
@@ -92,3 +107,65 @@ def test_qos0_queued_offline_is_not_overtaken_after_reconnect(
         f"q0-B overtook q0-A queued before it: {payloads}")
     assert payloads == [b"q1-%d" % i for i in range(20, 25)] + [b"q0-A", b"q0-B"], payloads
 
+
+
+# ---------------------------------------------------------------- session moves
+
+MOVES = 10
+
+
+@pytest.mark.parametrize("how", ["disconnect", "abort", "takeover"])
+def test_session_moves_between_workers_keep_the_order(
+        mq: Clients, version: int, streamers: list[Streamer], how: str) -> None:
+    """A publisher streams QoS 0 on one topic while a persistent subscriber leaves
+    (DISCONNECT, a dropped socket, or a takeover by its next connection
+    [MQTT-3.1.4-3]) and comes back, 10 times, each time on another worker than the
+    last (its session moves there while messages keep coming, through the old
+    holder and directly). Every connection gets its messages strictly increasing
+    [MQTT-4.6.0-6], and no message twice across connections (QoS 0: at most once)."""
+    topic = mq.topic("mv")
+    cid = mq.cid("mv")
+    kw = persistent(version)
+    pub, _ = land(mq, V311)
+    c, pid = land(mq, version, client_id=cid, **kw)
+    c.subscribe(topic, 0)
+    st = Streamer(pub, topic, batch=5)
+    streamers.append(st)
+    per_conn: list[list[int]] = []
+    marks = [0]  # per connection: the first message sent after its CONNACK
+    for i in range(MOVES):
+        got = read_until(c, seq_at_least(topic, st.mark() + 10), what=f"connection {i}")
+        nxt, npid = place(mq, version, away(pid))
+        if how == "disconnect":
+            c.send(disconnect(version=version))
+            got += [parse_publish(p, version) for p in c.wait_closed(LONG)]
+        elif how == "abort":
+            c.abort()
+        ack, early = connect_early(nxt, cid, **kw)
+        assert ack.rc == 0 and ack.session_present, ack
+        assert not early, f"PUBLISH before CONNACK: {[m.payload for m in early]}"
+        marks.append(st.mark())
+        if how == "takeover":
+            rest = c.wait_closed(LONG)
+            if version == V5 and rest and rest[-1].ptype == DISCONNECT:
+                rest = rest[:-1]
+            got += [parse_publish(p, version) for p in rest]
+        per_conn.append(seqs_of(got, topic))
+        c, pid = nxt, npid
+    total = st.stop(topic)  # the end marker on the same topic: in order after the rest
+    per_conn.append(seqs_of(read_until(c, on_topic(topic, b"end"), what="the end marker"), topic))
+    for i, seqs in enumerate(per_conn):
+        assert seqs == sorted(set(seqs)), f"connection {i}: out of order: {runs(seqs)}"
+    flat = [s for seqs in per_conn for s in seqs]
+    assert flat == sorted(set(flat)), (
+        "a message reached two connections or came back: "
+        + "; ".join(runs(seqs) for seqs in per_conn))
+    for i, seqs in enumerate(per_conn):
+        # What was sent to a connection after its CONNACK and before it left reached it
+        # (an aborted one may lose its last ones: they went into the dropped socket).
+        last = total - 1 if i == len(per_conn) - 1 else seqs[-1]
+        missing = sorted(set(range(marks[i], last + 1)) - set(seqs))
+        assert not missing, f"connection {i} misses {runs(missing)}: got {runs(seqs)}"
+
+
+__all__ = ["streamers"]

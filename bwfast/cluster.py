@@ -446,7 +446,8 @@ class Cluster:
                     # and those it forwards come first (Session.deliver holds the others).
                     # What the old holder queued for it came through LMDB: a copy
                     # routed here directly is a repeat.
-                    session.seen = {e[1].mid for e in session.queue or () if e[1].mid}
+                    if session.seen is None:
+                        session.seen = set()
                     session.held = []
                     self.worker.router.invalidate()
                     self.worker.loop.call_later(MOVE_TIMEOUT + 5, _stop_watching, session)
@@ -471,7 +472,8 @@ class Cluster:
                 # orphan handling (orphans.py) finds it here, once (mid), and
                 # what they wrote to its LMDB queue meanwhile is picked up.
                 session.adopted_from = owner
-                session.seen = set()
+                if session.seen is None:
+                    session.seen = set()
                 self.worker.router.invalidate()
                 sessions.save(session)
                 sessions.rescan_later(session)

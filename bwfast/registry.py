@@ -66,11 +66,16 @@ class SessionRegistry:
             return
         store = self.worker.store
         held = {e[5] for e in session.queue or ()} | {e[5] for e in session.inflight.values()}
+        mids = {e[1].mid for e in session.queue or ()} | {
+            e[1].mid for e in session.inflight.values()} | (session.seen or set())
         prefix = session.client_id.encode() + b"\x00"
         found = 0
         for qkey, qrec in store.items("queue", prefix):
             seq = int.from_bytes(qkey[-8:], "big")
             if seq in held or ("queue", qkey) in store.pending_keys():
+                continue
+            if _repeat(qrec, mids):  # delivered already, or held under another record
+                store.delete("queue", qkey)
                 continue
             session.restore_entry(seq, qrec)
             found += 1
@@ -100,8 +105,17 @@ class SessionRegistry:
             o = SubOpts.from_record(opts)
             session.subs[filt] = o
             self.worker.subscribe(session, filt, o)
+        mids: set[int] = set()
         for qkey, qrec in store.items("queue", cid.encode() + b"\x00"):
+            if _repeat(qrec, mids):
+                store.delete("queue", qkey)
+                continue
             session.restore_entry(int.from_bytes(qkey[-8:], "big"), qrec)
+        if self.worker.cluster is not None:
+            # Peers may still send what we just read from LMDB (frames they held
+            # for a dead worker): those repeats are dropped by mid for a while.
+            session.seen = mids
+            self.worker.loop.call_later(MOVE_TIMEOUT, _settle, session)
         for ikey, _ in store.items("inflight", cid.encode() + b"\x00"):
             session.qos2_in.add(int.from_bytes(ikey[-2:], "big"))
         self.sessions[cid] = session
@@ -351,3 +365,26 @@ class SessionRegistry:
             if session.persistent:
                 session.stage_volatile()
             self.save(session)
+
+
+def _repeat(rec: list, mids: set[int]) -> bool:
+    """Is this queue record a message already among ``mids`` (then True), else note it.
+
+    The same message can have two records: the one a worker wrote before it died
+    without confirming, and the one orphans.py wrote for it (at least once on
+    the bus, exactly once in the session: QoS 2 is never delivered twice)."""
+    msg_rec = rec[0]
+    mid = msg_rec[8] if len(msg_rec) > 8 else 0
+    if not mid:
+        return False
+    if mid in mids:
+        return True
+    mids.add(mid)
+    return False
+
+
+def _settle(session: Session) -> None:
+    """Restored a while ago: stop watching for repeats (unless a move still is)."""
+    if session.held is None and session.adopted_from < 0 and session.seen is not None:
+        session.seen = None
+        session.worker.router.invalidate()

@@ -101,12 +101,15 @@ class Session:
         if held is not None and self.moved_to < 0:
             # Moving in: the old holder still forwards what it got before we did;
             # those come first, so a message routed here directly waits [MQTT-4.6.0-6].
-            held.append((msg, qos, retain, sub_ids))
+            # A QoS 1/2 one is in LMDB meanwhile: its publisher's ack waits for that.
+            held.append((msg, qos, retain, sub_ids, self._persist_new(msg, qos, retain, sub_ids)
+                         if qos else 0))
             return
         self.deliver_now(msg, qos, retain, sub_ids)
 
     def end_move_in(self) -> None:
         """The old holder forwarded its last message: deliver the held ones it did not."""
+        held: list | None
         held, self.held = self.held, None
         for item in held or ():
             self.deliver_now(*item)
@@ -114,16 +117,23 @@ class Session:
             self.seen = None
         self.worker.router.invalidate()
 
-    def deliver_now(self, msg: Message, qos: int, retain: bool, sub_ids: list[int] | None) -> None:
-        """Deliver without holding: what the old holder forwards while moving in."""
+    def deliver_now(self, msg: Message, qos: int, retain: bool, sub_ids: list[int] | None,
+                    seq: int = 0) -> None:
+        """Deliver without holding: what the old holder forwards while moving in.
+        ``seq``: the message already has that LMDB queue record (held ones)."""
         if self.moved_to >= 0:
             # Handed over to another worker that is still taking over our routes.
+            if seq:
+                self.worker.store.delete("queue", queue_key(self.client_id, seq))
             self.worker.forward_to_session(self.moved_to, self, msg, qos, retain, sub_ids)
             return
         seen = self.seen
         if seen is not None and msg.mid:
-            # Moving in from another worker: a message may come both ways, once.
+            # Moving in from another worker, or just restored: a message may come
+            # twice (both ways, or from LMDB and a peer's held frames), once.
             if msg.mid in seen:
+                if seq:
+                    self.worker.store.delete("queue", queue_key(self.client_id, seq))
                 return
             if len(seen) >= 200_000:  # bounded: past that a repeat is possible (QoS 1 allows it)
                 seen.clear()
@@ -142,15 +152,19 @@ class Session:
                 self._enqueue(msg, 0, retain, sub_ids)
             return
         if not self.live or self.queue or len(self.inflight) >= self.receive_max:
-            self._enqueue(msg, qos, retain, sub_ids)
+            self._enqueue(msg, qos, retain, sub_ids, seq)
             return
-        self._send_inflight([AWAIT_ACK, msg, qos, retain, sub_ids, self._persist_new(msg, qos, retain, sub_ids)])
+        self._send_inflight([AWAIT_ACK, msg, qos, retain, sub_ids,
+                             seq or self._persist_new(msg, qos, retain, sub_ids)])
 
     def _send(self, conn: Connection, msg: Message, qos: int, retain: bool, pid: int,
-              sub_ids: list[int] | None, dup: bool = False) -> bool:
+              sub_ids: list[int] | None, dup: bool = False, durable: bool = False) -> bool:
+        """Encode and write; ``durable``: only once what is staged in LMDB (the packet
+        id it goes out with) is committed, and then without a new topic alias (the
+        packets written meanwhile must not rely on it)."""
         alias = 0
         new_alias = False
-        if conn.alias_max_out:
+        if conn.alias_max_out and not durable:
             # v5 Topic Alias towards the client, up to its Topic Alias Maximum (§3.3.2.3.4).
             aliases = conn.out_aliases
             alias = aliases.get(msg.topic, 0)
@@ -164,17 +178,23 @@ class Session:
             return False
         if new_alias:  # the client learns an alias only from a packet it gets
             conn.out_aliases[msg.topic] = alias
-        conn.write(data)
+        if durable or conn.acks:  # behind what waits for a commit: in order
+            self.worker.ack(conn, data)
+        else:
+            conn.write(data)
         self.worker.stats.msgs_sent += 1
         return True
 
-    def _enqueue(self, msg: Message, qos: int, retain: bool, sub_ids: list[int] | None) -> None:
+    def _enqueue(self, msg: Message, qos: int, retain: bool, sub_ids: list[int] | None,
+                 seq: int = 0) -> None:
         limit = self.worker.cfg.broker.max_queued_messages
         if self.queue is not None and len(self.queue) >= limit:
             self.worker.stats.dropped += 1
+            if seq:
+                self.worker.store.delete("queue", queue_key(self.client_id, seq))
             return
         if qos:
-            seq = self._persist_new(msg, qos, retain, sub_ids)
+            seq = seq or self._persist_new(msg, qos, retain, sub_ids)
         elif self.persistent:
             # In memory only, but numbered among the QoS 1/2 records: a move to
             # another worker writes it out in its place (stage_volatile).
@@ -215,13 +235,16 @@ class Session:
         assert conn is not None
         pid = self._alloc_pid()
         msg, qos, retain, sub_ids, seq = entry[1], entry[2], entry[3], entry[4], entry[5]
-        if not self._send(conn, msg, qos, retain, pid, sub_ids):
+        if seq:
+            self._persist_state(pid, entry)
+        # QoS 2 exactly once across a crash: the PUBLISH leaves once its packet id is
+        # committed, so whoever loads the session after a crash resends it with that
+        # id (DUP) and the client, which may have sent PUBREC, knows it is no new one.
+        if not self._send(conn, msg, qos, retain, pid, sub_ids, durable=bool(seq) and qos == 2):
             if seq:
                 self.worker.store.delete("queue", queue_key(self.client_id, seq))
             return
         self.inflight[pid] = entry
-        if seq:
-            self._persist_state(pid, entry)
 
     def _persist_state(self, pid: int, entry: list) -> None:
         # The message is already durable; its packet id and state only spare a

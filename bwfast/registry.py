@@ -62,8 +62,8 @@ class SessionRegistry:
     def rescan(self, session: Session) -> None:
         """Take queue records other workers wrote for this session meanwhile
         (orphans.py), the ones it does not hold already."""
-        if self.sessions.get(session.client_id) is not session:
-            return
+        if self.sessions.get(session.client_id) is not session or self.worker.stopping:
+            return  # (stopping: the store is closed)
         store = self.worker.store
         held = {e[5] for e in session.queue or ()} | {e[5] for e in session.inflight.values()}
         mids = {e[1].mid for e in session.queue or ()} | {

@@ -55,7 +55,8 @@ def _stop_watching(session: Any) -> None:
     """The old holder never said it was done (it died, or a frame was lost): stop holding."""
     if session.held is not None:
         session.end_move_in()
-    session.seen = None
+    if session.adopted_from < 0:
+        session.seen = None
     session.worker.router.invalidate()
 
 
@@ -78,7 +79,7 @@ class Cluster:
         # client id -> (worker that handed its session to us, the take's seq), until
         # that worker says it forwarded its last message ("mdone")
         self.moving: dict[str, tuple[int, int]] = {}
-        # seq -> [peers still to answer, requester, client id, token, deadline] (_on_moved)
+        # seq -> [peers still to answer, then, deadline] (fence)
         self.fences: dict[int, list] = {}
         self.orphans: dict[int, Orphans] = {}  # dead peer -> its persistent sessions
         self.peer_stats: dict[int, list] = {}
@@ -189,7 +190,7 @@ class Cluster:
             fence[0].discard(peer)
             if not fence[0]:
                 del self.fences[seq]
-                self._finish_move(*fence[1:4])
+                fence[1]()
         for seq, w in list(self.waiters.items()):
             if w[4] and peer in w[0]:
                 w[0].discard(peer)
@@ -280,12 +281,17 @@ class Cluster:
         drop our routes and tell the new holder we are done (_finish_move)."""
         requester, cid = f[1], f[2]
         token = f[3] if len(f) > 3 else 0
-        peers = {p for p in self.bus.peers if p != requester and self.bus.is_up(p)}
+        self.fence(requester, lambda: self._finish_move(requester, cid, token))
+
+    def fence(self, but: int, then: Callable[[], None]) -> None:
+        """Call ``then`` once every peer but ``but`` answered a fence, i.e. once what
+        they sent us before it is in (a stalled peer is waited for TAKE_TIMEOUT)."""
+        peers = {p for p in self.bus.peers if p != but and self.bus.is_up(p)}
         if not peers:
-            self._finish_move(requester, cid, token)
+            then()
             return
         seq = self.next_seq()
-        self.fences[seq] = [peers, requester, cid, token, time.monotonic() + TAKE_TIMEOUT]
+        self.fences[seq] = [peers, then, time.monotonic() + TAKE_TIMEOUT]
         for peer in peers:
             self.bus.send(peer, ["fence", self.index, seq])
 
@@ -298,7 +304,7 @@ class Cluster:
             fence[0].discard(f[1])
             if not fence[0]:
                 del self.fences[f[2]]
-                self._finish_move(*fence[1:4])
+                fence[1]()
 
     def _finish_move(self, requester: int, cid: str, token: int) -> None:
         """Stop forwarding; "mdone" follows the last forwarded message on the link."""
@@ -312,7 +318,11 @@ class Cluster:
         del self.moving[cid]
         session = self.worker.sessions.sessions.get(cid)
         if session is not None and session.held is not None:
-            session.end_move_in()
+            session.end_move_in(keep_seen=True)
+            # A peer's direct copy of a message the old holder forwarded may still be
+            # on its way (links are read in any order): repeats are dropped until
+            # every peer answered a fence.
+            self.fence(owner, lambda: _stop_watching(session))
 
     def forward_to_session(self, peer: int, cid: str, msg: Message, qos: int, retain: bool,
                            sub_ids: list[int] | None) -> None:
@@ -413,10 +423,10 @@ class Cluster:
                 del self.takes[seq]
                 cb(False)
         for seq, fence in list(self.fences.items()):
-            if now > fence[4]:  # a stalled peer: its late messages may reach nobody
+            if now > fence[2]:  # a stalled peer: its late messages may come out of order
                 del self.fences[seq]
-                log.warning("workers %s did not answer a fence; moving %r on", fence[0], fence[2])
-                self._finish_move(*fence[1:4])
+                log.warning("workers %s did not answer a fence in time", sorted(fence[0]))
+                fence[1]()
         self.worker.sessions.sweep_moves()
 
     # -- sessions across workers ---------------------------------------------------------------------------

@@ -32,7 +32,7 @@ class Connection(asyncio.Protocol):
     __slots__ = ("worker", "listener", "transport", "parser", "out", "acks", "held", "session",
                  "client_id", "version", "keepalive", "last_rx", "created", "congested",
                  "aliases", "alias_max_out", "out_aliases", "connect_seen", "closing",
-                 "graceful", "will_on_close", "peer", "username", "__weakref__")
+                 "graceful", "will_on_close", "peer", "username", "hold", "__weakref__")
 
     def __init__(self, worker: Worker, listener: str = "mqtt") -> None:
         self.worker = worker
@@ -58,6 +58,7 @@ class Connection(asyncio.Protocol):
         self.will_on_close = True  # False when the server itself shuts down
         self.peer = ""
         self.username: str | None = None
+        self.hold = False  # output waits for the LMDB commit (Worker.hold_until_commit)
 
     # -- asyncio.Protocol ----------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -166,7 +167,8 @@ class Connection(asyncio.Protocol):
         """Flush what is buffered and close; the will follows unless graceful."""
         if self.closing:
             return
-        self.flush()
+        if not self.hold:  # held output must not leave before its commit (it is resent)
+            self.flush()
         self.closing = True
         if self.transport is not None:
             self.transport.close()

@@ -107,13 +107,13 @@ class Session:
             return
         self.deliver_now(msg, qos, retain, sub_ids)
 
-    def end_move_in(self) -> None:
+    def end_move_in(self, keep_seen: bool = False) -> None:
         """The old holder forwarded its last message: deliver the held ones it did not."""
         held: list | None
         held, self.held = self.held, None
         for item in held or ():
             self.deliver_now(*item)
-        if self.adopted_from < 0:
+        if self.adopted_from < 0 and not keep_seen:
             self.seen = None
         self.worker.router.invalidate()
 
@@ -159,12 +159,11 @@ class Session:
 
     def _send(self, conn: Connection, msg: Message, qos: int, retain: bool, pid: int,
               sub_ids: list[int] | None, dup: bool = False, durable: bool = False) -> bool:
-        """Encode and write; ``durable``: only once what is staged in LMDB (the packet
-        id it goes out with) is committed, and then without a new topic alias (the
-        packets written meanwhile must not rely on it)."""
+        """Encode and write; ``durable``: the connection's output leaves only once what
+        is staged in LMDB (the packet id this goes out with) is committed."""
         alias = 0
         new_alias = False
-        if conn.alias_max_out and not durable:
+        if conn.alias_max_out:
             # v5 Topic Alias towards the client, up to its Topic Alias Maximum (§3.3.2.3.4).
             aliases = conn.out_aliases
             alias = aliases.get(msg.topic, 0)
@@ -178,10 +177,9 @@ class Session:
             return False
         if new_alias:  # the client learns an alias only from a packet it gets
             conn.out_aliases[msg.topic] = alias
-        if durable or conn.acks:  # behind what waits for a commit: in order
-            self.worker.ack(conn, data)
-        else:
-            conn.write(data)
+        if durable:
+            self.worker.hold_until_commit(conn)
+        conn.write(data)
         self.worker.stats.msgs_sent += 1
         return True
 

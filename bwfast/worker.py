@@ -193,7 +193,8 @@ class Worker:
         if dirty:
             self._dirty = []
             for conn in dirty:
-                conn.flush()
+                if not conn.hold:
+                    conn.flush()
         if self.cluster is not None:
             self.cluster.bus.flush()
 
@@ -226,6 +227,23 @@ class Worker:
         if acks is None:
             acks = conn.acks = deque()
         acks.append(entry)
+
+    def hold_until_commit(self, conn: Connection) -> None:
+        """What conn has to send (in order, whatever is written after) leaves once the
+        LMDB writes staged now are committed: a QoS 2 PUBLISH with the packet id a
+        restarted broker would resend it with (exactly once across a crash)."""
+        if conn.hold or not self.store.urgent:
+            return
+        conn.hold = True
+
+        def unhold() -> None:
+            conn.hold = False
+            if conn.out:
+                self._dirty.append(conn)
+                self.schedule_tick()
+
+        self.store.after_commit(unhold)
+        self.schedule_tick()
 
     def release(self, conn: AckTarget, entry: list) -> None:
         """One thing an ack waited for is done; send every ack now free, in order."""

@@ -179,7 +179,10 @@ class SessionRegistry:
                 session.will_handle = None
                 self.set_will(session, None)
         if session is not None and clean_start:
-            self.destroy(session, publish_will=False)
+            # The new session is ours as the old one was: keep the `clients` record
+            # (released, a persistent new session would be unowned, and after a
+            # restart worker 0 would load it while a CONNECT elsewhere made a new one).
+            self.destroy(session, publish_will=False, release=False)
             session = None
         present = session is not None
         if session is None:

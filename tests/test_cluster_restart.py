@@ -9,6 +9,7 @@ PUBREC the subscriber sent is never delivered again as new.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable
 
@@ -26,7 +27,16 @@ from mqtt_helpers import (
     puback,
     pubcomp,
 )
-from test_cluster_support import WORKERS, connect_early, publish_stream
+from test_cluster_support import (
+    WORKERS,
+    connect_early,
+    not_on,
+    on,
+    open_on,
+    owner_pid,
+    publish_stream,
+    wait_serving,
+)
 
 pytestmark = pytest.mark.bwfast_only  # kills bwfast's process group
 
@@ -105,3 +115,47 @@ def test_kill9_restart_rounds_deliver_everything_acknowledged(
 
 
 
+
+
+def _worker0_pid(b: Broker) -> int:
+    """Worker 0's pid, from the supervisor's log of the last start."""
+    text = b.log_path.read_text(errors="replace")
+    return int(re.findall(r"started worker-0 \(pid (\d+)\)", text)[-1])
+
+
+def test_clean_start_with_expiry_keeps_the_owner_across_kill9(
+        make_broker: Callable[..., Broker], request: pytest.FixtureRequest) -> None:
+    """A v5 client connects twice with Clean Start and a Session Expiry Interval on
+    the same worker (the second CONNECT ends the first session and starts a new
+    persistent one there), subscribes, leaves; 50 QoS 1 messages are acknowledged;
+    kill -9 and restart. Reconnecting first on a worker other than worker 0 finds
+    the session and gets the 50 [MQTT-3.1.2-5]: the new session's worker is still
+    written down as its holder (it was dropped with the old session, so after the
+    restart worker 0 loaded the session and the reconnect's worker made an empty one)."""
+    b = make_broker(sync=True)
+    wait_serving(b)
+    mq = Clients(b, request.node.nodeid)
+    request.addfinalizer(mq.close_all)
+    topic, cid = mq.topic("cs"), mq.cid("cs")
+    kw = {"clean": True, "props": persistent(V5)["props"]}
+    first = mq.raw(V5)
+    pid = owner_pid(b, first.sock)
+    assert first.connect(cid, **kw).rc == 0
+    first.subscribe(topic, 1)
+    first.disconnect()
+    second, _ = open_on(mq, b, V5, on(pid), "the first connection's worker")
+    ack = second.connect(cid, **kw)
+    assert ack.rc == 0 and not ack.session_present
+    second.subscribe(topic, 1)
+    second.disconnect()
+    pub = mq.raw_connected(V311)
+    msgs = [(topic, b"%d" % i) for i in range(50)]
+    publish_stream(pub, msgs, 1)
+    b.kill9()
+    b.start()
+    wait_serving(b)
+    again, _ = open_on(mq, b, V5, not_on(_worker0_pid(b)), "a worker other than worker 0")
+    ack, early = connect_early(again, cid, **persistent(V5))
+    assert ack.rc == 0 and ack.session_present, "the session is lost"
+    got = [m.payload for m in early] + [m.payload for m in again.receive(50 - len(early))]
+    assert got == [p for _, p in msgs]

@@ -14,7 +14,7 @@ lists whose first item names the kind:
     ["ret", rec]                   retained message set or cleared on k
     ["take", k, cid, clean, seq]   k has a CONNECT for cid, which we hold
     ["taken", j, seq, present]     j closed/saved cid's session
-    ["sfwd", j, cid, rec, qos, retain, sub_ids]
+    ["sfwd", j, cid, rec, qos, retain, sub_ids, seq]
                                    j handed cid's session to us and forwards what it still gets
     ["moved", k, cid, seq]         k (the new holder of cid, take seq) routes everything itself
     ["fence", j, seq] / ["fenced", k, seq]
@@ -261,7 +261,8 @@ class Cluster:
         self.peer_stats[f[1]] = f[2:]
 
     def _on_session_forward(self, f: list) -> None:
-        _, _, cid, rec, qos, retain, sub_ids = f
+        cid, rec, qos, retain, sub_ids = f[2:7]
+        seq = f[7] if len(f) > 7 else 0
         sessions = self.worker.sessions
         session = sessions.sessions.get(cid)
         if session is None:
@@ -270,7 +271,7 @@ class Cluster:
                 log.warning("message for moved session %r that is not here", cid)
                 return
             session = moved[0]
-        session.deliver_now(Message.from_record(rec), qos, retain, sub_ids)
+        session.deliver_now(Message.from_record(rec), qos, retain, sub_ids, seq)
 
     def _on_moved(self, f: list) -> None:
         """The new holder of a session we handed over routes everything itself now.
@@ -325,11 +326,14 @@ class Cluster:
             self.fence(owner, lambda: _stop_watching(session))
 
     def forward_to_session(self, peer: int, cid: str, msg: Message, qos: int, retain: bool,
-                           sub_ids: list[int] | None) -> None:
+                           sub_ids: list[int] | None, seq: int = 0) -> None:
         """Deliver through the worker a session was handed to (see hand_over).
 
-        After the "taken" reply on the same link, so the session is there first."""
-        self._send_committed(peer, ["sfwd", self.index, cid, msg.to_record(), qos, retain, sub_ids])
+        After the "taken" reply on the same link, so the session is there first.
+        ``seq``: the message's record in the session's LMDB queue, which the new
+        holder takes over (so a crash before it has the message loses nothing)."""
+        self._send_committed(peer, ["sfwd", self.index, cid, msg.to_record(), qos, retain,
+                                    sub_ids, seq])
 
     def _send_committed(self, peer: int, frame: list) -> None:
         """Send once what this iteration staged in LMDB is committed (in order with

@@ -77,6 +77,8 @@ class SessionRegistry:
             if _repeat(qrec, mids):  # delivered already, or held under another record
                 store.delete("queue", qkey)
                 continue
+            if session.seen is not None and qrec[0][8:]:
+                session.seen.add(qrec[0][8])  # a forwarded copy of it is a repeat
             session.restore_entry(seq, qrec)
             found += 1
         if found:

@@ -122,17 +122,22 @@ class Session:
         """Deliver without holding: what the old holder forwards while moving in.
         ``seq``: the message already has that LMDB queue record (held ones)."""
         if self.moved_to >= 0:
-            # Handed over to another worker that is still taking over our routes.
-            if seq:
-                self.worker.store.delete("queue", queue_key(self.client_id, seq))
-            self.worker.forward_to_session(self.moved_to, self, msg, qos, retain, sub_ids)
+            # Handed over to another worker that is still taking over our routes. A
+            # QoS 1/2 message goes into the session's LMDB queue first (its publisher's
+            # ack waits for that); the new holder takes the record over.
+            if qos and not seq:
+                seq = max(self.seq + 1, time.time_ns())  # above the new holder's numbers
+                self.seq = seq
+                self.worker.store.put("queue", queue_key(self.client_id, seq),
+                                      [msg.to_record(), qos, retain, sub_ids, 0, AWAIT_ACK])
+            self.worker.forward_to_session(self.moved_to, self, msg, qos, retain, sub_ids, seq)
             return
         seen = self.seen
         if seen is not None and msg.mid:
             # Moving in from another worker, or just restored: a message may come
             # twice (both ways, or from LMDB and a peer's held frames), once.
             if msg.mid in seen:
-                if seq:
+                if seq and not self._holds(seq):  # (a rescan may have taken the same record)
                     self.worker.store.delete("queue", queue_key(self.client_id, seq))
                 return
             if len(seen) >= 200_000:  # bounded: past that a repeat is possible (QoS 1 allows it)
@@ -156,6 +161,10 @@ class Session:
             return
         self._send_inflight([AWAIT_ACK, msg, qos, retain, sub_ids,
                              seq or self._persist_new(msg, qos, retain, sub_ids)])
+
+    def _holds(self, seq: int) -> bool:
+        return any(e[5] == seq for e in self.queue or ()) or any(
+            e[5] == seq for e in self.inflight.values())
 
     def _send(self, conn: Connection, msg: Message, qos: int, retain: bool, pid: int,
               sub_ids: list[int] | None, dup: bool = False, durable: bool = False) -> bool:

@@ -305,9 +305,9 @@ class Worker:
         self.router.deliver_forwarded(msg, normal, groups)
 
     def forward_to_session(self, peer: int, session: Any, msg: Message, qos: int, retain: bool,
-                           sub_ids: list[int] | None) -> None:
+                           sub_ids: list[int] | None, seq: int = 0) -> None:
         assert self.cluster is not None
-        self.cluster.forward_to_session(peer, session.client_id, msg, qos, retain, sub_ids)
+        self.cluster.forward_to_session(peer, session.client_id, msg, qos, retain, sub_ids, seq)
 
     def claim(self, cid: str, clean: bool, proceed: Callable[[], None]) -> None:
         """Make sure no other worker holds cid's session, then proceed with the CONNECT."""

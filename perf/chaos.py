@@ -118,6 +118,7 @@ class Publisher(threading.Thread):
         self.unacked: dict[int, bytes] = {}       # packet id -> PUBLISH (resent with DUP)
         self.released: set[int] = set()           # PUBREC'd, PUBCOMP not yet: PUBREL again
         self.meta: dict[int, tuple[str, int]] = {}
+        self.resent: set[tuple[str, int]] = set()  # sent again after a broken connection
         self.reconnects = 0
 
     def run(self) -> None:
@@ -174,7 +175,8 @@ class Publisher(threading.Thread):
                 link = connect_retry(self.port, cid, mqtt.V311, False, self.stop, 60)
                 if link is None:
                     return
-                for pkt in list(self.unacked.values()):  # DUP, same packet id
+                for p, pkt in list(self.unacked.items()):  # DUP, same packet id
+                    self.resent.add(self.meta[p])
                     link.send(bytes([pkt[0] | 0x08]) + pkt[1:])
                 for p in list(self.released):
                     link.send(mqtt.ack(mqtt.PUBREL, p))
@@ -188,16 +190,10 @@ class Publisher(threading.Thread):
 
 @dataclass
 class Stats:
-    order: int = 0
-    qos2_twice: int = 0
-    qos1_again_no_dup: int = 0
     received: int = 0
     connections: int = 0
-    examples: list[str] = field(default_factory=list)
-
-    def note(self, what: str) -> None:
-        if len(self.examples) < 8:
-            self.examples.append(what)
+    # (column, (topic, seq), text): judged at the end, when the publishers' resends are known
+    found: list[tuple[str, tuple[str, int], str]] = field(default_factory=list)
 
 
 class Subscriber(threading.Thread):
@@ -289,20 +285,18 @@ class Subscriber(threading.Thread):
         if not dup and not resend:
             prev = last.get(topic, -1)
             if seq < prev:
-                st.order += 1
-                st.note(f"{self.cid}: {topic} {seq} after {prev}")
+                st.found.append(("order", key, f"{self.cid}: {topic} {seq} after {prev}"))
             last[topic] = max(prev, seq)
         if qos == 1:
             if key in self.got1 and not dup:
-                st.qos1_again_no_dup += 1
-                st.note(f"{self.cid}: {topic} {seq} again without DUP")
+                st.found.append(("qos1_again_no_dup", key,
+                                 f"{self.cid}: {topic} {seq} again without DUP"))
             self.got1.add(key)
             link.send(mqtt.ack(mqtt.PUBACK, pid))
         elif qos == 2:
             if not resend:
                 if key in self.new2 and not self.clean:
-                    st.qos2_twice += 1
-                    st.note(f"{self.cid}: {topic} {seq} twice as new")
+                    st.found.append(("qos2_twice", key, f"{self.cid}: {topic} {seq} twice as new"))
                 self.new2.add(key)
                 self.waiting[pid] = key
             link.send(mqtt.ack(mqtt.PUBREC, pid))
@@ -316,19 +310,19 @@ class Chaos(threading.Thread):
     """Kills and stalls workers, and now and then the whole broker."""
 
     def __init__(self, broker: Broker, rng: random.Random, stop: threading.Event,
-                 restarts: bool) -> None:
+                 kinds: tuple[str, ...]) -> None:
         super().__init__(daemon=True, name="chaos")
-        self.broker, self.rng, self.stop, self.restarts = broker, rng, stop, restarts
+        self.broker, self.rng, self.stop, self.kinds = broker, rng, stop, kinds
         self.events: dict[str, int] = defaultdict(int)
 
     def run(self) -> None:
         while not self.stop.wait(self.rng.uniform(2, 5)):
             assert self.broker.proc is not None
             workers = [p for p in tree(self.broker.proc.pid) if p != self.broker.proc.pid]
-            if not workers:
+            if not workers or not self.kinds:
                 continue
-            what = self.rng.choices(("kill", "stop", "restart"),
-                                    (4, 3, 1 if self.restarts else 0))[0]
+            weight = {"kill": 4, "stop": 3, "restart": 1}
+            what = self.rng.choices(self.kinds, [weight[k] for k in self.kinds])[0]
             victim = self.rng.choice(workers)
             try:
                 if what == "kill":
@@ -351,8 +345,11 @@ class Chaos(threading.Thread):
 # ------------------------------------------------------------------ run
 
 
+KINDS = ("kill", "stop", "restart")
+
+
 def run(duration: float, workers: int, seed: int, topics: int = 4, rate: float = 150.0,
-        restarts: bool = True, quiet: bool = False) -> dict:
+        kinds: tuple[str, ...] = KINDS, quiet: bool = False) -> dict:
     """One chaos run; returns the report (see COLUMNS)."""
     from tqdm import tqdm
 
@@ -367,7 +364,7 @@ def run(duration: float, workers: int, seed: int, topics: int = 4, rate: float =
             for name, v, clean in (("chaos-sub-p4", mqtt.V311, False),
                                    ("chaos-sub-p5", mqtt.V5, False),
                                    ("chaos-sub-c4", mqtt.V311, True))]
-    chaos = Chaos(broker, random.Random(rng.random()), stop_chaos, restarts)
+    chaos = Chaos(broker, random.Random(rng.random()), stop_chaos, kinds)
     try:
         for s in subs:
             s.start()
@@ -389,7 +386,13 @@ def run(duration: float, workers: int, seed: int, topics: int = 4, rate: float =
         stop_pubs.set()
         for p in pubs:
             p.join(60)
-        time.sleep(5.0)  # the subscribers drain what is queued for them
+        # The subscribers drain what is queued for them (up to 15 s for the last ones).
+        due = set().union(*(p.acked for p in pubs if p.qos))
+        drain_until = time.monotonic() + 15.0
+        time.sleep(2.0)
+        while time.monotonic() < drain_until and any(
+                not s.clean and not due <= s.got for s in subs):
+            time.sleep(0.5)
         stop_subs.set()
         for s in subs:
             s.join(30)
@@ -403,22 +406,30 @@ def run(duration: float, workers: int, seed: int, topics: int = 4, rate: float =
 
 def _report(seed: int, duration: float, workers: int, pubs: list[Publisher],
             subs: list[Subscriber], chaos: Chaos) -> dict:
+    # A QoS 0/1 message its publisher sent again (no PUBACK before its connection
+    # broke) is a second publication: it may come twice, and after later ones.
+    resent = set().union(*(p.resent for p in pubs if p.qos < 2))
     rows = []
     for s in subs:
-        lost = 0
+        row: dict = {c: 0 for c in COLUMNS}
+        examples: list[str] = []
+        for column, key, text in s.stats.found:
+            if column != "qos2_twice" and key in resent:
+                continue
+            row[column] += 1
+            if len(examples) < 6:
+                examples.append(text)
         if not s.clean:
             for p in pubs:
                 if p.qos:
-                    missing = {k for k in p.acked if k not in s.got}
-                    lost += len(missing)
-                    for k in sorted(missing)[:2]:
-                        s.stats.note(f"{s.cid}: acknowledged {k[0]} {k[1]} never came")
-        rows.append({"subscriber": s.cid, "order": s.stats.order, "lost": lost,
-                     "qos2_twice": s.stats.qos2_twice,
-                     "qos1_again_no_dup": s.stats.qos1_again_no_dup,
-                     "received": s.stats.received, "connections": s.stats.connections,
-                     "examples": s.stats.examples})
+                    missing = sorted(k for k in p.acked if k not in s.got)
+                    row["lost"] += len(missing)
+                    examples += [f"{s.cid}: acknowledged {k[0]} {k[1]} never came"
+                                 for k in missing[:2]]
+        rows.append({"subscriber": s.cid, **row, "received": s.stats.received,
+                     "connections": s.stats.connections, "examples": examples})
     return {"when": datetime.datetime.now().isoformat(timespec="seconds"), "seed": seed,
+            "kinds": list(chaos.kinds),
             "duration": duration, "workers": workers, "chaos": dict(chaos.events),
             "published": {f"q{p.qos}": p.sent for p in pubs},
             "acknowledged": {f"q{p.qos}": len(p.acked) for p in pubs},
@@ -455,11 +466,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--topics", type=int, default=4, help="topics per QoS level")
     ap.add_argument("--rate", type=float, default=150.0, help="msg/s per publisher")
-    ap.add_argument("--no-restarts", action="store_true", help="no whole-broker kill -9")
+    ap.add_argument("--chaos", default=",".join(KINDS),
+                    help="what happens to the broker: kill (a worker, SIGKILL), stop (a worker, "
+                    "SIGSTOP 1-3 s), restart (kill -9 of the whole broker); '' for none")
     ap.add_argument("--json", metavar="FILE", help="default perf/results/chaos-<time>.json")
     args = ap.parse_args(argv)
-    report = run(args.duration, args.workers, args.seed, args.topics, args.rate,
-                 not args.no_restarts)
+    kinds = tuple(k for k in args.chaos.split(",") if k)
+    if not set(kinds) <= set(KINDS):
+        ap.error(f"--chaos: one or more of {', '.join(KINDS)}")
+    report = run(args.duration, args.workers, args.seed, args.topics, args.rate, kinds)
     print(table(report))
     path = Path(args.json) if args.json else RESULTS / (
         "chaos-" + report["when"].replace(":", "") + ".json")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from typing import TYPE_CHECKING
 
 from bwfast.codes import MQTT5, SESSION_TAKEN_OVER
@@ -82,6 +83,8 @@ class SessionRegistry:
             session.restore_entry(seq, qrec)
             found += 1
         if found:
+            # Records written meanwhile elsewhere go in their place, not at the end.
+            session.queue = deque(sorted(session.queue or (), key=lambda e: e[5]))
             session.pump()
             self.worker.schedule_tick()
 

@@ -126,8 +126,7 @@ class Session:
             # QoS 1/2 message goes into the session's LMDB queue first (its publisher's
             # ack waits for that); the new holder takes the record over.
             if qos and not seq:
-                seq = max(self.seq + 1, time.time_ns())  # above the new holder's numbers
-                self.seq = seq
+                seq = self.seq = self._next_seq()
                 self.worker.store.put("queue", queue_key(self.client_id, seq),
                                       [msg.to_record(), qos, retain, sub_ids, 0, AWAIT_ACK])
             self.worker.forward_to_session(self.moved_to, self, msg, qos, retain, sub_ids, seq)
@@ -205,8 +204,7 @@ class Session:
         elif self.persistent:
             # In memory only, but numbered among the QoS 1/2 records: a move to
             # another worker writes it out in its place (stage_volatile).
-            self.seq += 1
-            seq = self.seq
+            seq = self.seq = self._next_seq()
         else:
             seq = 0
         queue = self._queue()
@@ -224,10 +222,16 @@ class Session:
         """Stage a QoS 1/2 message of a persistent session in LMDB; return its sequence."""
         if not self.persistent:
             return 0
-        self.seq += 1
+        self.seq = self._next_seq()
         self.worker.store.put("queue", queue_key(self.client_id, self.seq),
                               [msg.to_record(), qos, retain, sub_ids, 0, AWAIT_ACK])
         return self.seq
+
+    def _next_seq(self) -> int:
+        """Queue records are numbered by creation time (ns, kept increasing): whichever
+        worker writes one (the holder, an old holder forwarding, orphans.py), a
+        restart reads a session's records back in the order they came."""
+        return max(self.seq + 1, time.time_ns())
 
     def _alloc_pid(self) -> int:
         pid = self.next_pid

@@ -1,5 +1,6 @@
 """The load harness (perf/) measures itself: codec, argument parsing, and short runs
-against its own null sink and forwarder (no broker needed)."""
+against its own null sink and forwarder (no broker needed); and a short seeded run
+of the chaos harness against a bwfast it starts (perf/chaos.py)."""
 
 from __future__ import annotations
 

@@ -167,8 +167,11 @@ class Connection(asyncio.Protocol):
         """Flush what is buffered and close; the will follows unless graceful."""
         if self.closing:
             return
-        if not self.hold:  # held output must not leave before its commit (it is resent)
-            self.flush()
+        if self.hold:
+            # Held output waits for a commit (Worker.hold_until_commit): do it now, so
+            # the last packets (a v5 DISCONNECT with its reason) still leave.
+            self.worker.store.commit()
+        self.flush()
         self.closing = True
         if self.transport is not None:
             self.transport.close()

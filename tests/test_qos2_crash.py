@@ -160,6 +160,7 @@ def test_qos2_once_and_nothing_lost_across_broker_kill9(
     _check(rx, {p for _, p in msgs})
 
 
+@pytest.mark.parametrize("workers", [WORKERS], ids=[f"workers{WORKERS}"])  # a worker of several
 @pytest.mark.parametrize("version", [V311, V5], ids=["v311", "v5"])
 def test_qos2_once_and_nothing_lost_across_worker_kill9(
         make_broker: Callable[..., Broker], request: pytest.FixtureRequest, workers: int,
@@ -170,8 +171,6 @@ def test_qos2_once_and_nothing_lost_across_worker_kill9(
     its sessions are served from LMDB meanwhile, the subscriber reconnects wherever
     it lands). Every message the publisher's PUBREC acknowledged arrives, none
     again as new once the subscriber sent PUBREC."""
-    if workers == 1:
-        pytest.skip("one worker: its kill is the whole broker's (the test above)")
     b = make_broker(sync=True, max_queued_messages=10_000)
     mq = Clients(b, request.node.nodeid)
     request.addfinalizer(mq.close_all)

@@ -180,7 +180,7 @@ class Worker:
             wait = self._last_commit + (COMMIT_GAP if store.urgent else LAZY_COMMIT_GAP) - now
             if wait <= 0:
                 self._last_commit = now
-                store.commit()
+                store.commit(self.cluster.bus.flush if self.cluster is not None else None)
             elif self._commit_timer is None or self._commit_at > now + wait:
                 if self._commit_timer is not None:
                     self._commit_timer.cancel()

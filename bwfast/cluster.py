@@ -14,6 +14,12 @@ lists whose first item names the kind:
     ["ret", rec]                   retained message set or cleared on k
     ["take", k, cid, clean, seq]   k has a CONNECT for cid, which we hold
     ["taken", j, seq, present]     j closed/saved cid's session
+    ["sfwd", j, cid, rec, qos, retain, sub_ids, seq]
+                                   j handed cid's session to us and forwards what it still gets
+    ["moved", k, cid, seq]         k (the new holder of cid, take seq) routes everything itself
+    ["fence", j, seq] / ["fenced", k, seq]
+                                   a round trip behind everything k sent j before
+    ["mdone", j, cid, seq]         j forwarded its last message for cid (after its last sfwd)
     ["stats", k, counters, connected, sessions, subs, {listener: connected}]
 
 The route table's truth is LMDB (`routes`: filter NUL worker -> [filter, worker]), read by a
@@ -46,7 +52,11 @@ TAKE_TIMEOUT = 2.0
 
 
 def _stop_watching(session: Any) -> None:
-    session.seen = None
+    """The old holder never said it was done (it died, or a frame was lost): stop holding."""
+    if session.held is not None:
+        session.end_move_in()
+    if session.adopted_from < 0:
+        session.seen = None
     session.worker.router.invalidate()
 
 
@@ -66,7 +76,11 @@ class Cluster:
         # seq -> [peers still to answer, conn, ack entry, deadline, is a route announcement]
         self.waiters: dict[int, list] = {}
         self.takes: dict[int, tuple[Callable[[bool], None], float, int]] = {}
-        self.moving: dict[str, int] = {}  # client id -> worker that handed its session to us
+        # client id -> (worker that handed its session to us, the take's seq), until
+        # that worker says it forwarded its last message ("mdone")
+        self.moving: dict[str, tuple[int, int]] = {}
+        # seq -> [peers still to answer, then, deadline] (fence)
+        self.fences: dict[int, list] = {}
         self.orphans: dict[int, Orphans] = {}  # dead peer -> its persistent sessions
         self.peer_stats: dict[int, list] = {}
         self.hellos: set[int] = set()
@@ -76,6 +90,7 @@ class Cluster:
             "r-": self._on_route_remove, "pubs": self._on_pubs, "done": self._on_answer,
             "ret": self._on_retained, "take": self._on_take, "taken": self._on_taken,
             "stats": self._on_stats, "sfwd": self._on_session_forward, "moved": self._on_moved,
+            "fence": self._on_fence, "fenced": self._on_fenced, "mdone": self._on_move_done,
         }
 
     def new_mid(self) -> int:
@@ -165,6 +180,17 @@ class Cluster:
             if owner == peer:  # it died holding the session: LMDB has it
                 del self.takes[seq]
                 cb(False)
+        for cid, (owner, _) in list(self.moving.items()):
+            if owner == peer:  # it forwards nothing more
+                del self.moving[cid]
+                session = self.worker.sessions.sessions.get(cid)
+                if session is not None and session.held is not None:
+                    session.end_move_in()
+        for seq, fence in list(self.fences.items()):
+            fence[0].discard(peer)
+            if not fence[0]:
+                del self.fences[seq]
+                fence[1]()
         for seq, w in list(self.waiters.items()):
             if w[4] and peer in w[0]:
                 w[0].discard(peer)
@@ -235,22 +261,79 @@ class Cluster:
         self.peer_stats[f[1]] = f[2:]
 
     def _on_session_forward(self, f: list) -> None:
-        _, _, cid, rec, qos, retain, sub_ids = f
-        session = self.worker.sessions.sessions.get(cid)
+        cid, rec, qos, retain, sub_ids = f[2:7]
+        seq = f[7] if len(f) > 7 else 0
+        sessions = self.worker.sessions
+        session = sessions.sessions.get(cid)
         if session is None:
-            log.warning("message for moved session %r that is not here", cid)
-            return
-        session.deliver(Message.from_record(rec), qos, retain, sub_ids)
+            moved = sessions.moving.get(cid)  # handed on already: forward it further
+            if moved is None:
+                log.warning("message for moved session %r that is not here", cid)
+                return
+            session = moved[0]
+        session.deliver_now(Message.from_record(rec), qos, retain, sub_ids, seq)
 
     def _on_moved(self, f: list) -> None:
-        self.worker.sessions.finish_move(f[2])
+        """The new holder of a session we handed over routes everything itself now.
+
+        Messages a peer sent us before it routed to the new holder may still be on
+        their way (each peer's link is in order, but we read the links in any
+        order): a fence round trip with every other peer lets them in before we
+        drop our routes and tell the new holder we are done (_finish_move)."""
+        requester, cid = f[1], f[2]
+        token = f[3] if len(f) > 3 else 0
+        self.fence(requester, lambda: self._finish_move(requester, cid, token))
+
+    def fence(self, but: int, then: Callable[[], None]) -> None:
+        """Call ``then`` once every peer but ``but`` answered a fence, i.e. once what
+        they sent us before it is in (a stalled peer is waited for TAKE_TIMEOUT)."""
+        peers = {p for p in self.bus.peers if p != but and self.bus.is_up(p)}
+        if not peers:
+            then()
+            return
+        seq = self.next_seq()
+        self.fences[seq] = [peers, then, time.monotonic() + TAKE_TIMEOUT]
+        for peer in peers:
+            self.bus.send(peer, ["fence", self.index, seq])
+
+    def _on_fence(self, f: list) -> None:
+        self.bus.send(f[1], ["fenced", self.index, f[2]])  # after what we sent it before
+
+    def _on_fenced(self, f: list) -> None:
+        fence = self.fences.get(f[2])
+        if fence is not None:
+            fence[0].discard(f[1])
+            if not fence[0]:
+                del self.fences[f[2]]
+                fence[1]()
+
+    def _finish_move(self, requester: int, cid: str, token: int) -> None:
+        """Stop forwarding; "mdone" follows the last forwarded message on the link."""
+        self.worker.sessions.finish_move(cid)
+        self._send_committed(requester, ["mdone", self.index, cid, token])
+
+    def _on_move_done(self, f: list) -> None:
+        _, owner, cid, token = f
+        if self.moving.get(cid) != (owner, token):
+            return
+        del self.moving[cid]
+        session = self.worker.sessions.sessions.get(cid)
+        if session is not None and session.held is not None:
+            session.end_move_in(keep_seen=True)
+            # A peer's direct copy of a message the old holder forwarded may still be
+            # on its way (links are read in any order): repeats are dropped until
+            # every peer answered a fence.
+            self.fence(owner, lambda: _stop_watching(session))
 
     def forward_to_session(self, peer: int, cid: str, msg: Message, qos: int, retain: bool,
-                           sub_ids: list[int] | None) -> None:
+                           sub_ids: list[int] | None, seq: int = 0) -> None:
         """Deliver through the worker a session was handed to (see hand_over).
 
-        After the "taken" reply on the same link, so the session is there first."""
-        self._send_committed(peer, ["sfwd", self.index, cid, msg.to_record(), qos, retain, sub_ids])
+        After the "taken" reply on the same link, so the session is there first.
+        ``seq``: the message's record in the session's LMDB queue, which the new
+        holder takes over (so a crash before it has the message loses nothing)."""
+        self._send_committed(peer, ["sfwd", self.index, cid, msg.to_record(), qos, retain,
+                                    sub_ids, seq])
 
     def _send_committed(self, peer: int, frame: list) -> None:
         """Send once what this iteration staged in LMDB is committed (in order with
@@ -263,13 +346,9 @@ class Cluster:
 
     def session_live(self, cid: str) -> None:
         """CONNACK is out, so every worker routes cid's filters here: the old holder may stop."""
-        owner = self.moving.pop(cid, None)
-        if owner is not None:
-            self.bus.send(owner, ["moved", self.index, cid])
-            session = self.worker.sessions.sessions.get(cid)
-            if session is not None and session.seen is not None:
-                # What the old holder forwarded before it heard "moved" is here by then.
-                self.worker.loop.call_later(2.0, _stop_watching, session)
+        moving = self.moving.get(cid)
+        if moving is not None:
+            self.bus.send(moving[0], ["moved", self.index, cid, moving[1]])
 
     # -- routes out ----------------------------------------------------------------------------------
     def routes_added(self, filters: list[str]) -> int:
@@ -347,6 +426,11 @@ class Cluster:
             if now > deadline:
                 del self.takes[seq]
                 cb(False)
+        for seq, fence in list(self.fences.items()):
+            if now > fence[2]:  # a stalled peer: its late messages may come out of order
+                del self.fences[seq]
+                log.warning("workers %s did not answer a fence in time", sorted(fence[0]))
+                fence[1]()
         self.worker.sessions.sweep_moves()
 
     # -- sessions across workers ---------------------------------------------------------------------------
@@ -369,11 +453,16 @@ class Cluster:
         def taken(present: bool) -> None:
             self._adopt(cid, clean, owner)
             if present and not clean:
-                self.moving[cid] = owner
+                self.moving[cid] = (owner, seq)
                 session = self.worker.sessions.sessions.get(cid)
                 if session is not None:
-                    # Until the old holder stops forwarding, some messages come twice.
-                    session.seen = set()
+                    # Until the old holder stops forwarding, some messages come twice,
+                    # and those it forwards come first (Session.deliver holds the others).
+                    # What the old holder queued for it came through LMDB: a copy
+                    # routed here directly is a repeat.
+                    if session.seen is None:
+                        session.seen = set()
+                    session.held = []
                     self.worker.router.invalidate()
                     self.worker.loop.call_later(MOVE_TIMEOUT + 5, _stop_watching, session)
             proceed()
@@ -397,7 +486,8 @@ class Cluster:
                 # orphan handling (orphans.py) finds it here, once (mid), and
                 # what they wrote to its LMDB queue meanwhile is picked up.
                 session.adopted_from = owner
-                session.seen = set()
+                if session.seen is None:
+                    session.seen = set()
                 self.worker.router.invalidate()
                 sessions.save(session)
                 sessions.rescan_later(session)

@@ -54,11 +54,17 @@ class Orphans:
                 qos = min(opts.qos, msg.qos)
                 retain = msg.retain if opts.rap else False
                 sub_ids = [opts.sub_id] if opts.sub_id else None
+                # Into the session's LMDB queue first, whoever delivers it: the
+                # publisher's ack waits for that commit, so a crash loses nothing.
                 owner = store.get("clients", cid.encode())
-                if owner is not None and owner != self.peer and cluster.bus.is_up(owner):
-                    cluster.forward_to_session(owner, cid, msg, qos, retain, sub_ids)
-                else:
-                    store.put("queue", queue_key(cid, self._seq()),
+                back = owner is not None and owner != self.peer and cluster.bus.is_up(owner)
+                seq = 0
+                if qos or not back:
+                    seq = self._seq()
+                    store.put("queue", queue_key(cid, seq),
                               [msg.to_record(), qos, retain, sub_ids, 0, 0])
+                if back:
+                    # Its client is back elsewhere: that worker takes the record over.
+                    cluster.forward_to_session(owner, cid, msg, qos, retain, sub_ids, seq)
                 n += 1
         return n

@@ -33,7 +33,7 @@ class Connection(asyncio.Protocol):
                  "client_id", "version", "keepalive", "last_rx", "created", "congested",
                  "aliases", "alias_max_out", "out_aliases", "connect_seen", "closing",
                  "graceful", "will_on_close", "peer", "username", "early", "paused",
-                 "counted", "__weakref__")
+                 "counted", "hold", "__weakref__")
 
     def __init__(self, worker: Worker, listener: str = "mqtt") -> None:
         self.worker = worker
@@ -64,6 +64,7 @@ class Connection(asyncio.Protocol):
         self.early = 0          # bytes received before CONNACK (see _hold)
         self.paused = False     # reading paused until CONNACK
         self.counted = False    # holds a [broker] max_connections slot
+        self.hold = False  # output waits for the LMDB commit (Worker.hold_until_commit)
 
     # -- asyncio.Protocol ----------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -197,6 +198,10 @@ class Connection(asyncio.Protocol):
         """Flush what is buffered and close; the will follows unless graceful."""
         if self.closing:
             return
+        if self.hold:
+            # Held output waits for a commit (Worker.hold_until_commit): do it now, so
+            # the last packets (a v5 DISCONNECT with its reason) still leave.
+            self.worker.store.commit()
         self.flush()
         self.closing = True
         if self.transport is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from typing import TYPE_CHECKING
 
 from bwfast.codes import MQTT5, SESSION_TAKEN_OVER
@@ -63,19 +64,28 @@ class SessionRegistry:
     def rescan(self, session: Session) -> None:
         """Take queue records other workers wrote for this session meanwhile
         (orphans.py), the ones it does not hold already."""
-        if self.sessions.get(session.client_id) is not session:
-            return
+        if self.sessions.get(session.client_id) is not session or self.worker.stopping:
+            return  # (stopping: the store is closed)
         store = self.worker.store
         held = {e[5] for e in session.queue or ()} | {e[5] for e in session.inflight.values()}
+        mids = {e[1].mid for e in session.queue or ()} | {
+            e[1].mid for e in session.inflight.values()} | (session.seen or set())
         prefix = session.client_id.encode() + b"\x00"
         found = 0
         for qkey, qrec in store.items("queue", prefix):
             seq = int.from_bytes(qkey[-8:], "big")
             if seq in held or ("queue", qkey) in store.pending_keys():
                 continue
+            if _repeat(qrec, mids):  # delivered already, or held under another record
+                store.delete("queue", qkey)
+                continue
+            if session.seen is not None and qrec[0][8:]:
+                session.seen.add(qrec[0][8])  # a forwarded copy of it is a repeat
             session.restore_entry(seq, qrec)
             found += 1
         if found:
+            # Records written meanwhile elsewhere go in their place, not at the end.
+            session.queue = deque(sorted(session.queue or (), key=lambda e: e[5]))
             session.pump()
             self.worker.schedule_tick()
 
@@ -102,8 +112,17 @@ class SessionRegistry:
             o = SubOpts.from_record(opts)
             session.subs[filt] = o
             self.worker.subscribe(session, filt, o)
+        mids: set[int] = set()
         for qkey, qrec in store.items("queue", cid.encode() + b"\x00"):
+            if _repeat(qrec, mids):
+                store.delete("queue", qkey)
+                continue
             session.restore_entry(int.from_bytes(qkey[-8:], "big"), qrec)
+        if self.worker.cluster is not None:
+            # Peers may still send what we just read from LMDB (frames they held
+            # for a dead worker): those repeats are dropped by mid for a while.
+            session.seen = mids
+            self.worker.loop.call_later(MOVE_TIMEOUT, _settle, session)
         for ikey, _ in store.items("inflight", cid.encode() + b"\x00"):
             session.qos2_in.add(int.from_bytes(ikey[-2:], "big"))
         self.sessions[cid] = session
@@ -123,10 +142,13 @@ class SessionRegistry:
             return False
         if session.conn is not None:
             self._take_over(session, clean)
+        if session.held is not None:
+            session.end_move_in()  # still moving in from a third worker: queue them here
         if clean or not session.persistent:
             self.destroy(session, publish_will=False, release=False)
             return False
         self._cancel_timers(session)
+        session.stage_volatile()
         self.save(session)
         del self.sessions[cid]
         session.moved_to = to
@@ -164,7 +186,10 @@ class SessionRegistry:
                 session.will_handle = None
                 self.set_will(session, None)
         if session is not None and clean_start:
-            self.destroy(session, publish_will=False)
+            # The new session is ours as the old one was: keep the `clients` record
+            # (released, a persistent new session would be unowned, and after a
+            # restart worker 0 would load it while a CONNECT elsewhere made a new one).
+            self.destroy(session, publish_will=False, release=False)
             session = None
         present = session is not None
         if session is None:
@@ -357,4 +382,29 @@ class SessionRegistry:
                 session.live = False
                 self.worker.router.invalidate()
                 conn.session = None
+            if session.persistent:
+                session.stage_volatile()
             self.save(session)
+
+
+def _repeat(rec: list, mids: set[int]) -> bool:
+    """Is this queue record a message already among ``mids`` (then True), else note it.
+
+    The same message can have two records: the one a worker wrote before it died
+    without confirming, and the one orphans.py wrote for it (at least once on
+    the bus, exactly once in the session: QoS 2 is never delivered twice)."""
+    msg_rec = rec[0]
+    mid = msg_rec[8] if len(msg_rec) > 8 else 0
+    if not mid:
+        return False
+    if mid in mids:
+        return True
+    mids.add(mid)
+    return False
+
+
+def _settle(session: Session) -> None:
+    """Restored a while ago: stop watching for repeats (unless a move still is)."""
+    if session.held is None and session.adopted_from < 0 and session.seen is not None:
+        session.seen = None
+        session.worker.router.invalidate()

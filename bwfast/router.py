@@ -183,13 +183,17 @@ class Router:
         group, real = parse_shared(filt)
         cid = session.client_id
         if group is None:
-            if not self.trie.remove(filt, cid):
+            # Only this session's own entry: a session handed over and back may
+            # already have a newer Session object under the same client id.
+            subs = self.trie.get(filt)
+            mine = subs.get(cid) if subs else None
+            if mine is None or mine[0] is not session or not self.trie.remove(filt, cid):
                 return False
         else:
             key = ("$share", group)
             subs = self.trie.get(real)
             grp = subs.get(key) if subs else None
-            if grp is None or cid not in grp.members:
+            if grp is None or cid not in grp.members or grp.members[cid][0] is not session:
                 return False
             del grp.members[cid]
             grp.order.remove(cid)
@@ -356,4 +360,4 @@ def _plain(session: Session, opts: SubOpts) -> bool:
     conn = session.conn
     return (conn is not None and session.live and not opts.no_local and not opts.sub_id
             and session.moved_to < 0 and session.seen is None and not session.max_packet
-            and not conn.alias_max_out)
+            and not conn.alias_max_out and not session.queue)

@@ -178,9 +178,15 @@ class Store:
             return self.last_commit + COMMIT_GAP - now
         return self.last_commit + LAZY_COMMIT_GAP - now
 
-    def commit(self, now: float | None = None) -> None:
+    def commit(self, now: float | None = None,
+               before_sync: Callable[[], None] | None = None) -> None:
         """Write everything staged in one transaction, then run the callbacks.
-        ``now`` (time.monotonic()) is when it began, for :meth:`commit_wait`."""
+        ``now`` (time.monotonic()) is when it began, for :meth:`commit_wait`.
+
+        ``before_sync`` runs once the transaction is written, before the fsync: the
+        worker sends its peers what this batch forwards there, so that a crash
+        during the fsync never leaves a publisher's QoS 2 packet id recorded as
+        taken while the message itself never left (its resend would be dropped)."""
         pending, self._pending = self._pending, {}
         callbacks, self._callbacks = self._callbacks, []
         needs_sync, self._needs_sync = self._needs_sync, False
@@ -195,6 +201,8 @@ class Store:
                 # One bad record must not cost everyone else's writes (and acks).
                 log.exception("LMDB batch failed; writing its records one by one")
                 self._write(pending, skip_bad=True)
+            if before_sync is not None:
+                before_sync()
             if needs_sync and self.sync:
                 self.env.sync(True)
             took = time.perf_counter() - started

@@ -208,7 +208,7 @@ class Worker:
             now = time.monotonic()
             wait = store.commit_wait(now)
             if wait <= 0:
-                store.commit(now)
+                store.commit(now, self.cluster.bus.flush if self.cluster is not None else None)
             elif self._commit_timer is None or self._commit_at > now + wait:
                 if self._commit_timer is not None:
                     self._commit_timer.cancel()
@@ -221,7 +221,8 @@ class Worker:
         if dirty:
             self._dirty = []
             for conn in dirty:
-                conn.flush()
+                if not conn.hold:
+                    conn.flush()
         if self.cluster is not None:
             self.cluster.bus.flush()
         if self.nodes is not None:
@@ -260,6 +261,23 @@ class Worker:
         if acks is None:
             acks = conn.acks = deque()
         acks.append(entry)
+
+    def hold_until_commit(self, conn: Connection) -> None:
+        """What conn has to send (in order, whatever is written after) leaves once the
+        LMDB writes staged now are committed: a QoS 2 PUBLISH with the packet id a
+        restarted broker would resend it with (exactly once across a crash)."""
+        if conn.hold or not self.store.urgent:
+            return
+        conn.hold = True
+
+        def unhold() -> None:
+            conn.hold = False
+            if conn.out:
+                self._dirty.append(conn)
+                self.schedule_tick()
+
+        self.store.after_commit(unhold)
+        self.schedule_tick()
 
     def release(self, conn: AckTarget, entry: list) -> None:
         """One thing an ack waited for is done; send every ack now free, in order."""
@@ -361,12 +379,12 @@ class Worker:
         self.router.deliver_forwarded(msg, normal, groups)
 
     def forward_to_session(self, peer: int, session: Any, msg: Message, qos: int, retain: bool,
-                           sub_ids: list[int] | None) -> None:
+                           sub_ids: list[int] | None, seq: int = 0) -> None:
         if peer >= REMOTE_BASE and self.nodes is not None:  # moving to another node
             self.nodes.forward_to_session(session.client_id, msg, qos, retain, sub_ids)
             return
         assert self.cluster is not None
-        self.cluster.forward_to_session(peer, session.client_id, msg, qos, retain, sub_ids)
+        self.cluster.forward_to_session(peer, session.client_id, msg, qos, retain, sub_ids, seq)
 
     def claim(self, cid: str, clean: bool, proceed: Callable[[], None]) -> None:
         """Make sure no other worker holds cid's session, then proceed with the CONNECT."""

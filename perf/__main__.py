@@ -1,4 +1,4 @@
-"""python -m perf {run,compare,ceiling,report} — see BENCHMARKS.md."""
+"""python -m perf {run,compare,ceiling,report,chaos} — see BENCHMARKS.md."""
 
 from __future__ import annotations
 
@@ -66,6 +66,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["chaos"]:  # its own flags: python -m perf chaos --help
+        from perf import chaos
+
+        return chaos.main(argv[1:])
     args = parser().parse_args(argv)
     if args.command == "run":
         return cmd_run(args)

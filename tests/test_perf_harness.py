@@ -1,5 +1,6 @@
 """The load harness (perf/) measures itself: codec, argument parsing, and short runs
-against its own null sink and forwarder (no broker needed)."""
+against its own null sink and forwarder (no broker needed); and a short seeded run
+of the chaos harness against a bwfast it starts (perf/chaos.py)."""
 
 from __future__ import annotations
 
@@ -161,3 +162,21 @@ def test_apibusy_loads_the_rest_api(tmp_path: Path) -> None:
 def _dir(root: Path, name: str) -> Path:
     (root / name).mkdir()
     return root / name
+
+
+@pytest.mark.bwfast_only
+def test_chaos_short_seeded_run_reports_nothing_broken() -> None:
+    """`python -m perf chaos` for 40 s (seed 7, 4 workers): publishers at QoS 0/1/2 on
+    four topics each, persistent v3.1.1/v5 and clean subscribers leaving and coming
+    back at random (DISCONNECT, dropped socket, takeover: their sessions move between
+    workers), workers SIGSTOPped for 1-3 s. Nothing out of order, nothing
+    acknowledged lost, no QoS 2 twice, no QoS 1 again without DUP. (Worker SIGKILLs
+    and whole-broker restarts are in the harness but not in this run: see the
+    closing note for what they still break.)"""
+    from perf import chaos
+
+    report = chaos.run(40.0, 4, seed=7, kinds=("stop",), quiet=True)
+    assert report["published"]["q1"] > 1000 and report["published"]["q2"] > 1000, report
+    assert all(r["received"] > 1000 and r["connections"] > 3 for r in report["rows"]), report
+    assert report["chaos"].get("stop", 0) >= 3, report
+    assert report["totals"] == dict.fromkeys(chaos.COLUMNS, 0), chaos.table(report)

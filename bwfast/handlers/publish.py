@@ -122,7 +122,10 @@ def handle_pubrec(conn: Connection, p: Any) -> None:
     assert session is not None
     if session.on_pubrec(p.packet_id, p.reason_code):
         if p.reason_code < 0x80:
-            conn.write(encode_ack(c.PUBREL, p.packet_id, 0, conn.version))
+            # Once the client has PUBREL it forgets the packet id: the message's state
+            # (PUBREC received) must be committed first, or a crash would resend the
+            # PUBLISH and the client take it as new (QoS 2 exactly once).
+            conn.worker.ack(conn, encode_ack(c.PUBREL, p.packet_id, 0, conn.version))
     elif conn.version == c.MQTT5:
         conn.write(encode_ack(c.PUBREL, p.packet_id, c.PACKET_ID_NOT_FOUND, conn.version))
     else:

@@ -212,6 +212,10 @@ class NodeKV:
             sessions.destroy(held, publish_will=False)
         store.put("sessions", cid.encode(), data["rec"])
         for i, qrec in enumerate(data["entries"], 1):
+            if len(qrec[0]) > 8:
+                # Message ids are unique per node only: another node's could pass here
+                # for a repeat of one of ours (registry._repeat, Session.seen).
+                qrec[0][8] = 0
             store.put("queue", queue_key(cid, i), qrec)
         for pid in data["qos2"]:
             store.put("inflight", cid.encode() + b"\x00" + pid.to_bytes(2, "big"), 1)

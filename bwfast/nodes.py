@@ -526,9 +526,8 @@ class NodeLink:
         this node was picked for: we pick one member among our workers."""
         worker = self.worker
         router = worker.router
-        msg = Message.from_record(rec)
+        msg = self._local(rec)
         cluster = worker.cluster
-        msg.mid = cluster.new_mid() if cluster is not None else 0
         forwards: dict[int, list] = {}
         if normal:
             router.deliver_forwarded(msg, True, [])
@@ -615,12 +614,19 @@ class NodeLink:
             if len(held) < MAX_EARLY:
                 held.append((rec, qos, retain, sub_ids))
             return
-        session.deliver(Message.from_record(rec), qos, retain, sub_ids)
+        session.deliver(self._local(rec), qos, retain, sub_ids)
+
+    def _local(self, rec: list) -> Message:
+        """A message from another node, with an id of ours (ids are unique per node)."""
+        msg = Message.from_record(rec)
+        cluster = self.worker.cluster
+        msg.mid = cluster.new_mid() if cluster is not None else 0
+        return msg
 
     def deliver_early(self, session: Any) -> None:
         """Messages forwarded to a moving session that came before it did."""
         for rec, qos, retain, sub_ids in self.early.pop(session.client_id, (0.0, []))[1]:
-            session.deliver(Message.from_record(rec), qos, retain, sub_ids)
+            session.deliver(self._local(rec), qos, retain, sub_ids)
 
     # -- leases and timeouts (Worker._scan) ---------------------------------------------------------
     def sweep(self) -> None:

@@ -20,6 +20,7 @@ import pytest
 from conftest import Broker, free_port
 from mqtt_helpers import V311, PahoClient
 from nats_support import LEASE, NatsServer, cluster_of, node, wait_for
+from tls_helpers import make_pki
 
 _ids = itertools.count()
 
@@ -357,3 +358,23 @@ def test_nats_credentials(tmp_path: Path, workers: int, made: list[Any]) -> None
     c.subscribe("nf/alone", 1)
     client(made, bad).publish("nf/alone", b"still here", 1)
     assert c.get().payload == b"still here"
+
+
+def test_nats_over_mutual_tls(tmp_path: Path, workers: int, made: list[Any]) -> None:
+    """[cluster] tls_cafile / tls_certfile / tls_keyfile: a node with a client
+    certificate joins a NATS that requires one; a node without is refused (one line)."""
+    pki = make_pki(tmp_path / "pki")
+    ns = NatsServer(tmp_path, extra=["--tlscert", str(pki.server.cert), "--tlskey",
+                                     str(pki.server.key), "--tlscacert", str(pki.ca),
+                                     "--tlsverify"])
+    made.append(ns.start())
+    url = f"tls://127.0.0.1:{ns.port}"
+    good = node(tmp_path, "good", url, workers, **{
+        "cluster.tls_cafile": pki.ca, "cluster.tls_certfile": pki.client.cert,
+        "cluster.tls_keyfile": pki.client.key})
+    bare = node(tmp_path, "bare", url, workers, **{"cluster.tls_cafile": pki.ca})
+    made += [good.start(), bare.start()]
+    wait_for(lambda: joined(good), what="the node with a client certificate joined")
+    assert not joined(bare)
+    lines = [ln for ln in bare.log_path.read_text().splitlines() if "cannot reach NATS" in ln]
+    assert len(lines) == 1

